@@ -1,0 +1,279 @@
+"""The BERT encoder (Devlin et al., 2019), in plain PyTorch, readable top to bottom.
+
+    BertEmbeddings → BertLayer × L (self-attention → add & norm → feed-forward → add & norm) → BertPooler
+
+Shape legend used in the comments:
+    B  batch size                 T  sequence length (tokens, padding included)
+    H  hidden size                A  attention heads            D  head size = H / A
+    F  feed-forward inner size    V  vocabulary size
+
+Parameter names are our own; :mod:`bertforge.checkpoint` is the one place that maps them to and from
+Hugging Face's names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertforge.config import BertConfig
+from bertforge.errors import BertforgeError
+
+ACTIVATION_FUNCTIONS = {
+    "gelu": F.gelu,  # the exact erf form BERT was trained with
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+@dataclass
+class BertModelOutput:
+    """What :class:`BertModel` returns."""
+
+    last_hidden_state: Tensor  # (B, T, H) token vectors of the last layer
+    pooler_output: Tensor | None  # (B, H) tanh(dense([CLS] vector)); None without a pooler
+    hidden_states: tuple[Tensor, ...] | None = None  # L + 1 tensors (B, T, H): embeddings, then each layer
+    attentions: tuple[Tensor, ...] | None = None  # L tensors (B, A, T, T) of attention probabilities
+
+
+class BertEmbeddings(nn.Module):
+    """Token vectors = word + learned position + segment (token type) embedding, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        """(B, T) ids and segment ids → (B, T, H)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention: softmax(QKᵀ/√D + mask)·V (Vaswani et al., 2017)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.dropout_prob = config.attention_probs_dropout_prob
+        # One (H → 3H) projection for query, key and value: one matmul instead of three.
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None, implementation: str, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend over the sequence.
+
+        Args:
+            x: (B, T, H) input vectors.
+            key_mask: (B, 1, 1, T) bool, True where a key may be attended (a real token); None attends to all.
+            implementation: "sdpa" (PyTorch's fused kernel) or "reference" (the formula written out).
+            need_weights: also return the attention probabilities (uses the reference path).
+
+        Returns:
+            (B, T, H) output vectors and, when asked, (B, A, T, T) attention probabilities.
+        """
+        B, T, H = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_size)  # (B, T, 3, A, D)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, A, T, D)
+        dropout = self.dropout_prob if self.training else 0.0
+        if implementation == "sdpa" and not need_weights:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
+            probs = None
+        else:
+            context, probs = reference_attention(q, k, v, key_mask, dropout)
+        context = context.transpose(1, 2).reshape(B, T, H)  # (B, A, T, D) → (B, T, H)
+        return self.out(context), probs
+
+
+def reference_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, dropout: float
+) -> tuple[Tensor, Tensor]:
+    """softmax(QKᵀ/√D + mask)·V step by step; q, k, v are (B, A, T, D), key_mask (B, 1, 1, T) bool."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, A, T, T)
+    if key_mask is not None:
+        # Padding keys get the lowest finite score, so exp() makes their probability exactly zero.
+        scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1)  # (B, A, T, T), each row sums to 1 over real keys
+    context = F.dropout(probs, p=dropout) @ v  # (B, A, T, D)
+    return context, probs
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network: H → F → activation → H."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.activation = ACTIVATION_FUNCTIONS[config.hidden_act]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.activation(self.up(x)))  # (B, T, H) → (B, T, F) → (B, T, H)
+
+
+class BertLayer(nn.Module):
+    """One encoder layer, post-LayerNorm as in the original BERT: x = LN(x + Dropout(Sublayer(x)))."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None, implementation: str, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """(B, T, H) → (B, T, H), plus (B, A, T, T) attention probabilities when ``need_weights``."""
+        attended, probs = self.attention(x, key_mask, implementation, need_weights)
+        x = self.attention_norm(x + self.dropout(attended))
+        x = self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+        return x, probs
+
+
+class BertPooler(nn.Module):
+    """Sentence vector: dense + tanh over the [CLS] token, trained by next-sentence prediction."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, T, H) → (B, H)
+
+
+ModelT = TypeVar("ModelT", bound="BertPreTrainedModel")
+
+
+class BertPreTrainedModel(nn.Module):
+    """Shared by the encoder and every task model: BERT initialisation and Hugging Face-layout checkpoints."""
+
+    config: BertConfig
+
+    def init_weights(self) -> None:
+        """BERT initialisation: weights ~ N(0, initializer_range), zero biases, unit LayerNorm, zero [PAD]."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (Hugging Face names) into ``directory``."""
+        from bertforge.checkpoint import save_model
+
+        save_model(self, directory)
+
+    @classmethod
+    def from_pretrained(cls: type[ModelT], directory: str | Path, **config_overrides: object) -> ModelT:
+        """Load a bertforge or Hugging Face BERT folder; any missing or unexpected weight is an error."""
+        from bertforge.checkpoint import load_model
+
+        return load_model(cls, directory, **config_overrides)
+
+
+class BertModel(BertPreTrainedModel):
+    """The bidirectional Transformer encoder: token ids → contextual vectors and a pooled sentence vector."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BertModelOutput:
+        """Encode a batch.
+
+        Args:
+            input_ids: (B, T) token ids.
+            attention_mask: (B, T), 1 for real tokens and 0 for padding; None means no padding.
+            token_type_ids: (B, T) segment ids, 0 for sentence A and 1 for sentence B; None means all 0.
+            output_hidden_states: also return the embeddings and every layer's output.
+            output_attentions: also return every layer's attention probabilities.
+        """
+        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        # (B, T) → (B, 1, 1, T): broadcast over heads and query positions; padding keys are never attended.
+        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        implementation = self.config.attention_implementation
+
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.layers:
+            x, probs = layer(x, key_mask, implementation, need_weights=output_attentions)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if attentions is not None:
+                attentions.append(probs)
+        return BertModelOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(x) if self.pooler is not None else None,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+        )
+
+    def _check_inputs(
+        self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
+    ) -> None:
+        """Turn the cryptic index errors of embedding lookups into messages that say what to change."""
+        if input_ids.dim() != 2:
+            raise BertforgeError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+        for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if tensor is not None and tensor.shape != input_ids.shape:
+                raise BertforgeError(
+                    f"{name} has shape {tuple(tensor.shape)}, input_ids {tuple(input_ids.shape)}"
+                )
+        length, limit = input_ids.shape[1], self.config.max_position_embeddings
+        if length > limit:
+            raise BertforgeError(
+                f"sequence length {length} exceeds max_position_embeddings {limit}; truncate the inputs "
+                f"(tokenizer(..., truncation=True, max_length={limit}))"
+            )
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise BertforgeError(
+                f"token id {int(input_ids.max())} is outside the vocabulary of size {self.config.vocab_size}; "
+                "the tokenizer and the model do not match"
+            )
+        if (
+            token_type_ids is not None
+            and token_type_ids.numel()
+            and (token_type_ids.min() < 0 or token_type_ids.max() >= self.config.type_vocab_size)
+        ):
+            raise BertforgeError(f"token_type_ids must be in [0, {self.config.type_vocab_size})")

@@ -1,0 +1,121 @@
+"""BertModel behaviour: padding invariance, the two attention paths, named outputs, clear input errors."""
+
+import pytest
+import torch
+
+from bertforge import BertConfig, BertforgeError, BertModel
+
+
+def tiny_model(**overrides) -> BertModel:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        **overrides,
+    )
+    return BertModel(config).eval()
+
+
+def random_batch(batch=3, length=11, vocab=99, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, length), generator=generator)
+    types = torch.randint(0, 2, (batch, length), generator=generator)
+    return ids, types
+
+
+def test_initialisation_follows_bert():
+    model = tiny_model()
+    weight = model.layers[0].feed_forward.up.weight
+    assert abs(weight.std().item() - 0.02) < 0.004
+    assert torch.all(model.layers[0].feed_forward.up.bias == 0)
+    assert torch.all(model.embeddings.norm.weight == 1)
+    assert torch.all(model.embeddings.word.weight[0] == 0)  # [PAD] row
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "reference"])
+def test_padding_never_changes_real_token_outputs(implementation):
+    model = tiny_model(attention_implementation=implementation)
+    ids, types = random_batch()
+    lengths = [11, 6, 2]
+    padded_ids = torch.zeros(3, 16, dtype=torch.long)
+    padded_types = torch.zeros(3, 16, dtype=torch.long)
+    mask = torch.zeros(3, 16, dtype=torch.long)
+    with torch.no_grad():
+        for row, length in enumerate(lengths):
+            padded_ids[row, :length] = ids[row, :length]
+            padded_types[row, :length] = types[row, :length]
+            mask[row, :length] = 1
+        padded = model(padded_ids, mask, padded_types)
+        for row, length in enumerate(lengths):
+            alone = model(ids[row : row + 1, :length], token_type_ids=types[row : row + 1, :length])
+            torch.testing.assert_close(
+                padded.last_hidden_state[row, :length], alone.last_hidden_state[0], atol=1e-5, rtol=0
+            )
+            torch.testing.assert_close(padded.pooler_output[row], alone.pooler_output[0], atol=1e-5, rtol=0)
+
+
+def test_attention_paths_agree():
+    fast, reference = tiny_model(), tiny_model(attention_implementation="reference")
+    ids, types = random_batch()
+    mask = torch.tensor([[1] * 11, [1] * 7 + [0] * 4, [1] * 3 + [0] * 8])
+    with torch.no_grad():
+        a, b = fast(ids, mask, types), reference(ids, mask, types)
+    real = mask.bool()
+    torch.testing.assert_close(a.last_hidden_state[real], b.last_hidden_state[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-5, rtol=0)
+
+
+def test_optional_outputs_have_documented_shapes():
+    model = tiny_model()
+    ids, types = random_batch()
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    out = model(ids, mask, types, output_hidden_states=True, output_attentions=True)
+    assert out.last_hidden_state.shape == (3, 11, 32)
+    assert out.pooler_output.shape == (3, 32)
+    assert len(out.hidden_states) == 3 and out.hidden_states[-1] is out.last_hidden_state
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (3, 4, 11, 11)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(3, 4, 11))
+    assert torch.all(out.attentions[0][1, :, :, 5:] == 0)  # padding keys get exactly zero probability
+
+
+def test_without_pooler():
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=99), add_pooling_layer=False)
+    ids, _ = random_batch()
+    assert model(ids).pooler_output is None
+
+
+def test_dropout_is_active_in_training_only():
+    model = tiny_model()
+    ids, _ = random_batch()
+    with torch.no_grad():
+        assert torch.equal(model(ids).last_hidden_state, model(ids).last_hidden_state)
+        model.train()
+        assert not torch.equal(model(ids).last_hidden_state, model(ids).last_hidden_state)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = tiny_model().train()
+    ids, types = random_batch()
+    out = model(ids, torch.ones_like(ids), types)
+    (out.last_hidden_state.sum() + out.pooler_output.sum()).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (torch.full((1, 65), 5), "exceeds max_position_embeddings 64"),
+        (torch.tensor([[5, 99]]), "outside the vocabulary"),
+        (torch.tensor([5, 6]), "shape"),
+    ],
+)
+def test_bad_inputs_say_what_to_change(ids, message):
+    with pytest.raises(BertforgeError, match=message):
+        tiny_model()(ids)
