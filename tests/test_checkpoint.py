@@ -57,9 +57,7 @@ def test_minilm_matches_transformers(minilm_pair, case):
         mine = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         theirs = reference(**batch)
     real = batch["attention_mask"].bool()
-    torch.testing.assert_close(
-        mine.last_hidden_state[real], theirs.last_hidden_state[real], atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(mine.last_hidden_state[real], theirs.last_hidden_state[real], atol=1e-5, rtol=0)
     torch.testing.assert_close(mine.pooler_output, theirs.pooler_output, atol=1e-5, rtol=0)
 
 
@@ -131,9 +129,7 @@ def test_prefixed_task_checkpoint_loads_encoder_and_skips_heads(tmp_path):
     model = BertModel.from_pretrained(tmp_path).eval()
     ids = torch.randint(0, 99, (1, 7))
     with torch.no_grad():
-        torch.testing.assert_close(
-            model(ids).last_hidden_state, reference.bert(input_ids=ids).last_hidden_state
-        )
+        torch.testing.assert_close(model(ids).last_hidden_state, reference.bert(input_ids=ids).last_hidden_state)
 
 
 def test_google_gamma_beta_names_are_read(tmp_path):
@@ -166,9 +162,7 @@ def test_wrong_shapes_are_listed(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["vocab_size"] = 100
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        BertforgeError, match=r"shape mismatch: embeddings\.word\.weight \(99, 128\) in the file"
-    ):
+    with pytest.raises(BertforgeError, match=r"shape mismatch: embeddings\.word\.weight \(99, 128\) in the file"):
         BertModel.from_pretrained(tmp_path)
 
 
@@ -190,5 +184,5 @@ def test_corrupted_weights_file(tmp_path):
     BertModel(BertConfig.preset("tiny", vocab_size=99)).save_pretrained(tmp_path)
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(BertforgeError, match="model.safetensors: not a readable safetensors file"):
+    with pytest.raises(BertforgeError, match=r"model\.safetensors: not a readable safetensors file"):
         BertModel.from_pretrained(tmp_path)

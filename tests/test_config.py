@@ -22,9 +22,7 @@ def test_base_preset_equals_bert_base():
 
 
 def test_json_round_trip(tmp_path):
-    config = BertConfig.preset(
-        "mini", vocab_size=1000, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}
-    )
+    config = BertConfig.preset("mini", vocab_size=1000, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
     config.save(tmp_path / "config.json")
     assert BertConfig.load(tmp_path) == config
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"
@@ -73,5 +71,5 @@ def test_unsupported_hf_variant_is_an_error():
 def test_invalid_json_names_the_file(tmp_path):
     path = tmp_path / "config.json"
     path.write_text("{not json")
-    with pytest.raises(BertforgeError, match="config.json: not valid JSON"):
+    with pytest.raises(BertforgeError, match=r"config\.json: not valid JSON"):
         BertConfig.load(path)

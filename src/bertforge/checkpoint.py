@@ -105,9 +105,7 @@ def to_hf_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         qkv = _QKV_OURS.match(name)
         if qkv:
             for part, piece in zip(_QKV_PARTS, tensor.chunk(3, dim=0), strict=True):
-                converted[f"{qkv['prefix']}encoder.layer.{qkv['i']}.attention.self.{part}.{qkv['kind']}"] = (
-                    piece
-                )
+                converted[f"{qkv['prefix']}encoder.layer.{qkv['i']}.attention.self.{part}.{qkv['kind']}"] = piece
             continue
         renamed = _rename(name, rules, heads)
         if renamed is None:
@@ -156,16 +154,10 @@ def save_model(model: BertPreTrainedModel, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
-    _write_atomically(
-        directory / "config.json", lambda path: path.write_text(json.dumps(config, indent=2) + "\n")
-    )
+    _write_atomically(directory / "config.json", lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
     # safetensors refuses tensors that share memory (views, tied weights): store independent copies.
-    state = {
-        name: t.detach().contiguous().clone() for name, t in to_hf_state_dict(model.state_dict()).items()
-    }
-    _write_atomically(
-        directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"})
-    )
+    state = {name: t.detach().contiguous().clone() for name, t in to_hf_state_dict(model.state_dict()).items()}
+    _write_atomically(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
 
 
 def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
@@ -219,9 +211,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise BertforgeError(
-            f"{path}: not a readable safetensors file ({error}); the file may be truncated"
-        ) from None
+        raise BertforgeError(f"{path}: not a readable safetensors file ({error}); the file may be truncated") from None
 
 
 def load_model(cls: type[ModelT], directory: str | Path, **config_overrides: object) -> ModelT:
@@ -251,9 +241,7 @@ def _match_encoder_prefix(state: dict[str, Tensor], model: torch.nn.Module) -> d
     if wanted == found:
         return state
     encoder = re.compile(r"^(?:bert\.)?(?:embeddings|layers|pooler)\.")
-    return {
-        (wanted + name.removeprefix(found) if encoder.match(name) else name): t for name, t in state.items()
-    }
+    return {(wanted + name.removeprefix(found) if encoder.match(name) else name): t for name, t in state.items()}
 
 
 def load_state_strictly(

@@ -62,14 +62,10 @@ class BertConfig:
     vocab_size: int = 30522  # WordPiece vocabulary size; must match the tokenizer's vocab.txt
     hidden_size: int = 768  # width H of every token vector; the model's main capacity knob
     num_hidden_layers: int = 12  # number of encoder layers L
-    num_attention_heads: int = (
-        12  # heads A per layer; hidden_size must divide evenly (head size H/A, 64 in BERT)
-    )
+    num_attention_heads: int = 12  # heads A per layer; hidden_size must divide evenly (head size H/A, 64 in BERT)
     intermediate_size: int = 3072  # feed-forward inner width, 4H in all released BERTs
     hidden_act: str = "gelu"  # feed-forward activation; "gelu" is the exact erf form BERT was trained with
-    hidden_dropout_prob: float = (
-        0.1  # dropout on embeddings and on each sub-layer's output before the residual
-    )
+    hidden_dropout_prob: float = 0.1  # dropout on embeddings and on each sub-layer's output before the residual
     attention_probs_dropout_prob: float = 0.1  # dropout on attention probabilities
     max_position_embeddings: int = 512  # longest input; positions are learned, so this fixes the table size
     type_vocab_size: int = 2  # segment ids: 2 for sentence A / sentence B
@@ -111,8 +107,7 @@ class BertConfig:
             raise BertforgeError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise BertforgeError(
-                f"attention_implementation {self.attention_implementation!r} is not one of "
-                f"{ATTENTION_IMPLEMENTATIONS}"
+                f"attention_implementation {self.attention_implementation!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
             )
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise BertforgeError(
@@ -157,9 +152,7 @@ class BertConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - IGNORED_HF_KEYS)
         if unknown:
-            raise BertforgeError(
-                f"{source}: unknown config field(s) {', '.join(unknown)}; check the spelling"
-            )
+            raise BertforgeError(f"{source}: unknown config field(s) {', '.join(unknown)}; check the spelling")
         _check_hf_options(data, source)
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
@@ -207,6 +200,4 @@ def _check_hf_options(data: dict[str, Any], source: str) -> None:
     }
     for key, value in expected.items():
         if key in data and data[key] != value:
-            raise BertforgeError(
-                f"{source}: {key}={data[key]!r} is not supported (bertforge implements {value!r})"
-            )
+            raise BertforgeError(f"{source}: {key}={data[key]!r} is not supported (bertforge implements {value!r})")

@@ -249,17 +249,13 @@ class BertModel(BertPreTrainedModel):
             attentions=tuple(attentions) if attentions is not None else None,
         )
 
-    def _check_inputs(
-        self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
-    ) -> None:
+    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None) -> None:
         """Turn the cryptic index errors of embedding lookups into messages that say what to change."""
         if input_ids.dim() != 2:
             raise BertforgeError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
         for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if tensor is not None and tensor.shape != input_ids.shape:
-                raise BertforgeError(
-                    f"{name} has shape {tuple(tensor.shape)}, input_ids {tuple(input_ids.shape)}"
-                )
+                raise BertforgeError(f"{name} has shape {tuple(tensor.shape)}, input_ids {tuple(input_ids.shape)}")
         length, limit = input_ids.shape[1], self.config.max_position_embeddings
         if length > limit:
             raise BertforgeError(
