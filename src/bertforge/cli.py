@@ -1,0 +1,241 @@
+"""``bertforge <command>``: a thin table of typed functions, each also callable from Python.
+
+Every command's ``--help`` text is its function's docstring. Problems with the user's input are reported as one
+line (``bertforge: error: ...``) with exit status 2; heavy libraries are imported only by the command that needs
+them, so ``bertforge --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import inspect
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertforge import __version__
+from bertforge.errors import BertforgeError
+
+log = logging.getLogger("bertforge")
+
+
+# ---- commands ---------------------------------------------------------------------------------------------
+
+
+def tokenizer_train(
+    files: Sequence[str],
+    vocab_size: int,
+    out: str,
+    cased: bool = False,
+    min_frequency: int = 2,
+) -> None:
+    """Train a WordPiece vocabulary on your own text files and save it as a tokenizer folder.
+
+    Works for English and Chinese (every CJK character becomes its own token). The folder gets vocab.txt,
+    tokenizer.json and tokenizer_config.json, loadable by bertforge and by Hugging Face transformers.
+
+    example: bertforge tokenizer train --files 'corpus/*.txt' --vocab-size 30522 --out my-tokenizer
+    """
+    from bertforge.tokenizer import train_tokenizer
+
+    paths = expand_paths(files)
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(paths, vocab_size, lowercase=not cased, min_frequency=min_frequency)
+    tokenizer.save_pretrained(out)
+    log.info(
+        "trained a %d-token vocabulary on %d file(s) in %.1f s; saved to %s",
+        len(tokenizer),
+        len(paths),
+        time.perf_counter() - started,
+        out,
+    )
+
+
+def embed(
+    model: str,
+    input: str,
+    output: str,
+    pooling: str = "mean",
+    batch_size: int = 32,
+    max_length: int = 512,
+    normalize: bool = False,
+) -> None:
+    """Turn a text file (one text per line) into a NumPy array of sentence vectors, one row per line.
+
+    --pooling mean averages the token vectors (right for sentence-embedding models such as all-MiniLM-L6-v2),
+    cls takes the [CLS] vector, pooler BERT's pooled output. --normalize scales rows to unit length, so a dot
+    product is a cosine similarity.
+
+    example: bertforge embed --model all-MiniLM-L6-v2 --input texts.txt --output emb.npy --normalize
+    """
+    import numpy as np
+
+    from bertforge.embeddings import embed_texts, read_text_lines
+    from bertforge.model import BertModel
+    from bertforge.tokenizer import BertTokenizer
+
+    texts = read_text_lines(input)
+    blank = sum(1 for text in texts if not text.strip())
+    if blank:
+        log.info("%s: %d blank line(s) are embedded as empty texts, keeping one row per line", input, blank)
+    encoder = BertModel.from_pretrained(model)
+    tokenizer = BertTokenizer.from_pretrained(model)
+    started = time.perf_counter()
+    vectors = embed_texts(
+        encoder,
+        tokenizer,
+        texts,
+        pooling=pooling,
+        batch_size=batch_size,
+        max_length=min(max_length, encoder.config.max_position_embeddings),
+        normalize=normalize,
+        show_progress=True,
+    )
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    np.save(output, vectors)
+    seconds = time.perf_counter() - started
+    log.info("wrote %s: %d × %d vectors in %.1f s", output, *vectors.shape, seconds)
+
+
+def quickstart(out: str = "runs/quickstart", smoke: bool = False) -> None:
+    """Run the whole chain on bundled data and show what each stage does (see README, "Quickstart").
+
+    --smoke runs every stage on a tiny budget, to check an installation in about a minute.
+    """
+    from bertforge.quickstart import run_quickstart
+
+    run_quickstart(Path(out), smoke=smoke)
+
+
+# ---- the table: command name -> function and its options ---------------------------------------------------
+
+
+@dataclass
+class Option:
+    """One command-line option of a command; its name is the function parameter's, dashed."""
+
+    parameter: str
+    help: str
+    choices: Sequence[str] | None = None
+    nargs: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
+    "tokenizer train": (
+        tokenizer_train,
+        [
+            Option("files", "text files or glob patterns, one sentence or paragraph per line", nargs="+"),
+            Option("vocab_size", "number of tokens in the vocabulary, special tokens included"),
+            Option("out", "folder to write the tokenizer to"),
+            Option("cased", "keep case and accents (default: lower-case and strip accents, as uncased BERT)"),
+            Option("min_frequency", "ignore merges seen fewer times than this"),
+        ],
+    ),
+    "embed": (
+        embed,
+        [
+            Option("model", "checkpoint folder (config.json, model.safetensors, tokenizer files)"),
+            Option("input", "UTF-8 text file with one text per line"),
+            Option("output", "where to write the .npy array of shape (lines, hidden size)"),
+            Option("pooling", "how token vectors become one sentence vector", choices=("mean", "cls", "pooler")),
+            Option("batch_size", "texts per forward pass"),
+            Option("max_length", "truncate texts to this many tokens"),
+            Option("normalize", "scale each vector to unit L2 norm"),
+        ],
+    ),
+    "quickstart": (
+        quickstart,
+        [
+            Option("out", "folder for everything the quickstart writes"),
+            Option("smoke", "a minimal run of every stage"),
+        ],
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertforge",
+        description="A complete BERT system: tokenizer training, encoding, pretraining, fine-tuning, inference.",
+    )
+    parser.add_argument("--version", action="version", version=f"bertforge {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    groups = parser.add_subparsers(dest="command", metavar="command", required=True)
+    nested: dict[str, argparse._SubParsersAction] = {}
+    for name, (function, options) in COMMANDS.items():
+        *group, leaf = name.split()
+        where = groups
+        if group:
+            if group[0] not in nested:
+                holder = groups.add_parser(group[0], help=f"{group[0]} commands")
+                nested[group[0]] = holder.add_subparsers(dest="subcommand", metavar="subcommand", required=True)
+            where = nested[group[0]]
+        doc = inspect.getdoc(function) or ""
+        command = where.add_parser(
+            leaf,
+            help=doc.splitlines()[0],
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_options(command, function, options)
+        command.set_defaults(function=function, option_names=[o.parameter for o in options])
+    return parser
+
+
+def _add_options(parser: argparse.ArgumentParser, function: Callable[..., None], options: list[Option]) -> None:
+    signature = inspect.signature(function)
+    hints = inspect.get_annotations(function, eval_str=True)
+    for option in options:
+        parameter = signature.parameters[option.parameter]
+        flag = "--" + option.parameter.replace("_", "-")
+        required = parameter.default is inspect.Parameter.empty
+        if hints.get(option.parameter) is bool:
+            parser.add_argument(flag, action="store_true", help=option.help)
+            continue
+        kind = int if hints.get(option.parameter) is int else float if hints.get(option.parameter) is float else str
+        default_help = "" if required else f" (default: {parameter.default})"
+        parser.add_argument(
+            flag,
+            type=kind,
+            required=required,
+            default=None if required else parameter.default,
+            choices=option.choices,
+            nargs=option.nargs,
+            help=option.help + default_help,
+            **option.extra,
+        )
+
+
+def expand_paths(patterns: Sequence[str]) -> list[str]:
+    """Expand glob patterns (quoted on the command line, so large globs do not hit the shell's limits)."""
+    paths: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise BertforgeError(f"{pattern}: no files match this pattern")
+        paths.extend(matches)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        args.function(**{name: getattr(args, name) for name in args.option_names})
+    except BertforgeError as error:
+        print(f"bertforge: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bertforge: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""Data for pretraining, from the user's text files to masked batches.
+
+    sentences.py   split_sentences: English and Chinese sentence splitting (the unit of next-sentence prediction)
+    shards.py      prepare_corpus: text / JSONL files -> token shards + manifest; ShardedCorpus reads them back
+    examples.py    NSP pairs or packed sequences built on the fly from a ShardedCorpus
+    masking.py     masked-language-model masking of a batch
+
+Import from the modules themselves (``from bertforge.data.shards import prepare_corpus``); this package imports
+nothing, so loading one stage never pulls in the others.
+"""

@@ -1,0 +1,100 @@
+"""Sentence embeddings from a BERT encoder: the work behind ``bertforge embed``.
+
+Texts are sorted by token length before batching, so each batch pads only to its own longest text and little
+compute goes to padding; vectors come back in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bertforge.errors import BertforgeError
+from bertforge.model import BertModel
+from bertforge.tokenizer import BertTokenizer
+
+POOLINGS = ("mean", "cls", "pooler")
+
+
+def read_text_lines(path: str | Path) -> list[str]:
+    """One text per line (UTF-8). Blank lines are kept as empty texts so that row i is always line i + 1."""
+    path = Path(path)
+    if not path.is_file():
+        raise BertforgeError(f"{path}: no such file" if not path.exists() else f"{path}: is not a file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise BertforgeError(f"{path}: the file is empty; put one text per line")
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise BertforgeError(f"{path}:{line}: contains NUL bytes, so it looks binary; pass a UTF-8 text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise BertforgeError(f"{path}:{line}: not valid UTF-8 ({error.reason}); re-encode the file as UTF-8") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():  # trailing blank lines are a file-ending habit, not texts
+        lines.pop()
+    return lines
+
+
+@torch.inference_mode()
+def embed_texts(
+    model: BertModel,
+    tokenizer: BertTokenizer,
+    texts: Sequence[str],
+    *,
+    pooling: str = "mean",
+    batch_size: int = 32,
+    max_length: int | None = None,
+    normalize: bool = False,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Encode ``texts`` into an (N, H) float32 array.
+
+    Args:
+        pooling: "mean" (average of real-token vectors, as sentence-transformers models are trained),
+            "cls" (the [CLS] vector of the last layer) or "pooler" (BERT's tanh pooler over [CLS]).
+        max_length: longer texts are truncated; default the model's max_position_embeddings.
+        normalize: scale every vector to unit L2 norm, so dot products are cosine similarities.
+    """
+    if pooling not in POOLINGS:
+        raise BertforgeError(f"pooling {pooling!r} is not one of {POOLINGS}")
+    if pooling == "pooler" and model.pooler is None:
+        raise BertforgeError("this model has no pooler; use pooling 'mean' or 'cls'")
+    if batch_size < 1:
+        raise BertforgeError(f"batch size must be at least 1, got {batch_size}")
+    model.eval()
+    device = next(model.parameters()).device
+    max_length = max_length or model.config.max_position_embeddings
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    ids, types = encoded["input_ids"], encoded["token_type_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    vectors = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    for rows in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress):
+        width = max(len(ids[i]) for i in rows)
+        input_ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)
+        token_types = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for slot, i in enumerate(rows):
+            input_ids[slot, : len(ids[i])] = ids[i]
+            token_types[slot, : len(ids[i])] = types[i]
+            mask[slot, : len(ids[i])] = 1
+        mask_t = torch.from_numpy(mask).to(device)
+        out = model(torch.from_numpy(input_ids).to(device), mask_t, torch.from_numpy(token_types).to(device))
+        if pooling == "mean":
+            weights = mask_t.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
+            pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1)  # (B, H)
+        elif pooling == "cls":
+            pooled = out.last_hidden_state[:, 0]
+        else:
+            pooled = out.pooler_output
+        if normalize:
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        vectors[rows] = pooled.float().cpu().numpy()
+    return vectors

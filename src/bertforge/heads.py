@@ -1,0 +1,151 @@
+"""Pretraining models: the masked-language-model (MLM) and next-sentence-prediction (NSP) heads over BertModel.
+
+The MLM head predicts only where it must (Cramming, Geiping & Goldstein 2022; also NVIDIA's BERT): with labels,
+hidden vectors at masked positions are gathered *before* the vocabulary projection, so the (H × V) matmul runs
+on ~15% of the tokens. In a small BERT that projection over every position is more than half of the forward
+compute.
+
+Shape legend: B batch, T sequence length, H hidden size, V vocabulary size, M number of predicted positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertforge.config import BertConfig
+from bertforge.model import ACTIVATION_FUNCTIONS, BertModel, BertPreTrainedModel
+
+IGNORE_INDEX = -100  # label of positions that carry no MLM target (PyTorch's cross-entropy default)
+
+
+@dataclass
+class PreTrainingOutput:
+    """What the pretraining models return.
+
+    ``mlm_logits`` is (M, V) over the predicted positions when ``mlm_labels`` or ``mlm_positions`` were given
+    (in row-major order of the (B, T) grid), and (B, T, V) over every position otherwise.
+    """
+
+    mlm_logits: Tensor
+    nsp_logits: Tensor | None = None  # (B, 2): index 0 = B continues A, 1 = B is a random segment
+    loss: Tensor | None = None  # mlm_loss + nsp_loss (whichever were computed)
+    mlm_loss: Tensor | None = None  # mean cross-entropy over masked positions
+    nsp_loss: Tensor | None = None  # mean cross-entropy over the batch
+    mlm_correct: Tensor | None = None  # number of masked positions predicted right (for accuracy without sync)
+    mlm_count: Tensor | None = None  # number of masked positions
+
+
+class MaskedLMHead(nn.Module):
+    """dense → activation → LayerNorm → decoder tied to the word embeddings, plus a per-token output bias."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACTIVATION_FUNCTIONS[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        """(..., H) → (..., V) logits. The decoder is tied to the (V, H) input embeddings (Press & Wolf, 2017),
+        passed in rather than held, so the weight has one name in the state dict."""
+        x = self.norm(self.activation(self.transform(hidden)))
+        return F.linear(x, word_embeddings, self.bias)
+
+
+def masked_lm(
+    head: MaskedLMHead, word_embeddings: Tensor, hidden: Tensor, labels: Tensor | None, positions: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Logits, loss, correct count and count of the MLM head, evaluated only where predictions are needed.
+
+    Args:
+        word_embeddings: (V, H) the tied decoder weight.
+        hidden: (B, T, H) encoder output.
+        labels: (B, T) target ids, IGNORE_INDEX where nothing is predicted; None for inference.
+        positions: (B, T) bool, where to predict; defaults to ``labels != IGNORE_INDEX`` (or everywhere).
+    """
+    if positions is None and labels is not None:
+        positions = labels != IGNORE_INDEX
+    if positions is None:
+        return head(hidden, word_embeddings), None, None, None  # (B, T, V)
+    logits = head(hidden[positions], word_embeddings)  # (M, H) → (M, V)
+    if labels is None:
+        return logits, None, None, None
+    targets = labels[positions]  # (M,)
+    loss = F.cross_entropy(logits.float(), targets)
+    correct = (logits.argmax(-1) == targets).sum()
+    return logits, loss, correct, targets.new_tensor(targets.numel())
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT's pretraining model: MLM head over every token vector, NSP head over the pooled [CLS] vector.
+
+    Loss = MLM cross-entropy over masked positions + NSP cross-entropy (Devlin et al., 2019, appendix A.2).
+    """
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm = MaskedLMHead(config)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        mlm_labels: Tensor | None = None,
+        next_sentence_label: Tensor | None = None,
+        mlm_positions: Tensor | None = None,
+    ) -> PreTrainingOutput:
+        """Args as :meth:`BertModel.forward`, plus (B, T) ``mlm_labels``, (B,) ``next_sentence_label`` and an
+        optional (B, T) bool ``mlm_positions`` selecting where to predict at inference."""
+        encoded = self.bert(input_ids, attention_mask, token_type_ids)
+        mlm_logits, mlm_loss, correct, count = masked_lm(
+            self.mlm, self.bert.embeddings.word.weight, encoded.last_hidden_state, mlm_labels, mlm_positions
+        )
+        nsp_logits = self.nsp(encoded.pooler_output)  # (B, 2)
+        nsp_loss = None if next_sentence_label is None else F.cross_entropy(nsp_logits.float(), next_sentence_label)
+        losses = [part for part in (mlm_loss, nsp_loss) if part is not None]
+        return PreTrainingOutput(
+            mlm_logits=mlm_logits,
+            nsp_logits=nsp_logits,
+            loss=sum(losses[1:], losses[0]) if losses else None,
+            mlm_loss=mlm_loss,
+            nsp_loss=nsp_loss,
+            mlm_correct=correct,
+            mlm_count=count,
+        )
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """MLM-only pretraining (as RoBERTa and later recipes do): no NSP head and no pooler."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.mlm = MaskedLMHead(config)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        mlm_labels: Tensor | None = None,
+        mlm_positions: Tensor | None = None,
+    ) -> PreTrainingOutput:
+        """Args as :meth:`BertForPreTraining.forward`, without the NSP label."""
+        encoded = self.bert(input_ids, attention_mask, token_type_ids)
+        mlm_logits, mlm_loss, correct, count = masked_lm(
+            self.mlm, self.bert.embeddings.word.weight, encoded.last_hidden_state, mlm_labels, mlm_positions
+        )
+        return PreTrainingOutput(
+            mlm_logits=mlm_logits, loss=mlm_loss, mlm_loss=mlm_loss, mlm_correct=correct, mlm_count=count
+        )

@@ -1,0 +1,292 @@
+"""The pretraining recipe: token shards → BERT with masked-LM (+ next-sentence) objectives → checkpoint folder.
+
+Straight-line on purpose — setup, loop, evaluate, save — so it reads like the algorithm. Settings come from
+:class:`PretrainConfig` (a YAML file plus ``--key value`` overrides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bertforge.config import PRESETS, BertConfig
+from bertforge.data.examples import PretrainingExamples, SpecialIds
+from bertforge.data.masking import MaskingConfig
+from bertforge.data.shards import ShardedCorpus, check_tokenizer
+from bertforge.errors import BertforgeError
+from bertforge.heads import BertForMaskedLM, BertForPreTraining
+from bertforge.tokenizer import BertTokenizer
+from bertforge.train import (
+    MetricsLog,
+    autocast,
+    build_optimizer,
+    latest_checkpoint,
+    learning_rate_factor,
+    load_training_state,
+    pick_device,
+    pick_precision,
+    plot_metrics,
+    save_checkpoint,
+    seed_everything,
+    set_learning_rate,
+    to_device,
+)
+
+log = logging.getLogger("bertforge")
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of a pretraining run. Defaults suit a small model on a CPU; see configs/ for tuned files."""
+
+    data: str = ""  # folder written by `bertforge data prepare` (shards, manifest, tokenizer)
+    out: str = "runs/pretrain"  # run folder: checkpoints, metrics.jsonl, curves.png, the final model/
+    model: str = "mini"  # a preset (tiny, mini, small, medium, base, large) or a config.json path
+    init_from: str | None = None  # start from this checkpoint folder's weights instead of random ones
+    next_sentence_prediction: bool = True  # MLM + NSP as in BERT; false = MLM only on packed text (RoBERTa)
+    max_seq_length: int = 128  # tokens per example, [CLS]/[SEP] included
+    short_seq_prob: float = 0.1  # share of NSP examples with a shorter random target length
+    mlm_probability: float = 0.15  # share of tokens chosen for prediction
+    max_predictions_per_seq: int = 20  # cap on chosen tokens per sequence
+    whole_word_masking: bool = False  # choose all pieces of a word together
+    batch_size: int = 64  # examples per optimizer step (micro-batch × accumulation)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step; raise to fit memory
+    learning_rate: float = 1e-3  # peak learning rate after warm-up
+    warmup: float = 0.06  # share of training spent warming the learning rate up linearly
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98  # lower than BERT's 0.999: steadier at the high learning rates of short runs
+    adam_epsilon: float = 1e-6
+    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
+    max_steps: int | None = None  # stop after this many optimizer steps
+    max_epochs: float | None = None  # stop after this many passes over the training shards
+    max_minutes: float | None = None  # stop on wall-clock time; the schedule is laid out over this budget
+    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    eval_every: int = 200  # steps between validation passes
+    eval_batches: int = 20  # validation batches per pass (the same ones every time)
+    save_every: int = 500  # steps between checkpoints
+    keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    log_every: int = 10  # steps between training-loss records
+    seed: int = 0  # seeds initialisation, example order, masks and dropout
+    resume: bool = False  # continue from the latest checkpoint in `out`
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise BertforgeError("pretraining needs --data, a folder written by `bertforge data prepare`")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise BertforgeError(
+                f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}"
+            )
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
+
+
+def model_config(settings: PretrainConfig, vocab_size: int) -> BertConfig:
+    if settings.model in PRESETS:
+        config = BertConfig.preset(settings.model, vocab_size=vocab_size)
+    else:
+        config = BertConfig.load(settings.model)
+    if config.vocab_size != vocab_size:
+        raise BertforgeError(f"{settings.model}: vocab_size {config.vocab_size} but the tokenizer has {vocab_size}")
+    if settings.dropout is not None:
+        config = dataclasses.replace(
+            config, hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout
+        )
+    if settings.max_seq_length > config.max_position_embeddings:
+        raise BertforgeError(
+            f"max_seq_length {settings.max_seq_length} exceeds the model's {config.max_position_embeddings} positions"
+        )
+    return config
+
+
+def make_examples(settings: PretrainConfig, corpus: ShardedCorpus, tokenizer: BertTokenizer) -> PretrainingExamples:
+    vocab = tokenizer.get_vocab()
+    # Random replacements are ordinary tokens only: never [CLS]/[SEP]/[PAD]/[MASK]/[UNK] nor [unusedN].
+    ordinary = np.array(sorted(i for token, i in vocab.items() if not re.fullmatch(r"\[.*\]", token)), dtype=np.int64)
+    masking = MaskingConfig(
+        mask_token_id=tokenizer.mask_token_id,
+        replacement_ids=ordinary,
+        mlm_probability=settings.mlm_probability,
+        max_predictions_per_seq=settings.max_predictions_per_seq,
+    )
+    word_starts = None
+    if settings.whole_word_masking:
+        word_starts = np.ones(len(tokenizer), dtype=bool)
+        for token, i in vocab.items():
+            word_starts[i] = not token.startswith("##")
+    return PretrainingExamples(
+        corpus,
+        SpecialIds(cls=tokenizer.cls_token_id, sep=tokenizer.sep_token_id, pad=tokenizer.pad_token_id),
+        masking,
+        max_seq_length=settings.max_seq_length,
+        short_seq_prob=settings.short_seq_prob,
+        next_sentence_prediction=settings.next_sentence_prediction,
+        word_start_table=word_starts,
+        seed=settings.seed,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device, precision: str) -> dict[str, float]:
+    """Validation MLM loss and accuracy over masked tokens, NSP accuracy over examples."""
+    model.eval()
+    mlm_loss = mlm_correct = mlm_count = nsp_correct = nsp_count = 0.0
+    for batch in batches:
+        inputs = to_device(batch, device)
+        with autocast(precision, device):
+            out = model(**inputs)
+        count = float(out.mlm_count)
+        mlm_loss += float(out.mlm_loss) * count
+        mlm_correct += float(out.mlm_correct)
+        mlm_count += count
+        if out.nsp_logits is not None:
+            nsp_correct += float((out.nsp_logits.argmax(-1) == inputs["next_sentence_label"]).sum())
+            nsp_count += len(batch["input_ids"])
+    model.train()
+    metrics = {"mlm_loss": mlm_loss / max(mlm_count, 1), "mlm_accuracy": mlm_correct / max(mlm_count, 1)}
+    if nsp_count:
+        metrics["nsp_accuracy"] = nsp_correct / nsp_count
+    return metrics
+
+
+def pretrain(settings: PretrainConfig) -> Path:
+    """Run pretraining; return the folder of the final model (Hugging Face layout, tokenizer included)."""
+    # ---- setup ----
+    run_dir, data_dir = Path(settings.out), Path(settings.data)
+    seed_everything(settings.seed)
+    device = pick_device(settings.device)
+    precision = pick_precision(settings.precision, device)
+    tokenizer = BertTokenizer.from_pretrained(data_dir / "tokenizer")
+    check_tokenizer(data_dir, tokenizer)
+    train_corpus, valid_corpus = ShardedCorpus(data_dir, "train"), ShardedCorpus(data_dir, "valid")
+    examples = make_examples(settings, train_corpus, tokenizer)
+    valid_examples = make_examples(dataclasses.replace(settings, seed=settings.seed + 1), valid_corpus, tokenizer)
+    micro_batch = settings.batch_size // settings.gradient_accumulation_steps
+    eval_batches = list(itertools.islice(valid_examples.batches(0, micro_batch), settings.eval_batches))
+
+    architecture = BertForPreTraining if settings.next_sentence_prediction else BertForMaskedLM
+    checkpoint = latest_checkpoint(run_dir) if settings.resume else None
+    if settings.resume and checkpoint is None:
+        log.info("%s has no checkpoint yet; starting from scratch", run_dir)
+    if checkpoint is not None or settings.init_from:
+        model = architecture.from_pretrained(checkpoint or settings.init_from)
+    else:
+        model = architecture(model_config(settings, len(tokenizer)))
+    model.to(device).train()
+    betas = (settings.adam_beta1, settings.adam_beta2)
+    optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay, betas, settings.adam_epsilon)
+    step, epoch, batch_in_epoch, elapsed, tokens_seen = 0, 0, 0, 0.0, 0
+    if checkpoint is not None:
+        state = load_training_state(checkpoint, optimizer)
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        elapsed, tokens_seen = state["elapsed"], state["tokens_seen"]
+        log.info("resumed from %s (step %d, epoch %d)", checkpoint, step, epoch)
+
+    steps_per_epoch = math.ceil(examples.count(0) / settings.batch_size)
+    total_steps = min(
+        settings.max_steps or math.inf,
+        math.ceil(settings.max_epochs * steps_per_epoch) if settings.max_epochs else math.inf,
+    )
+    budget = settings.max_minutes * 60 if settings.max_minutes else None
+    metrics = MetricsLog(run_dir, resume_from_step=step if checkpoint is not None else None)
+    (run_dir / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info(
+        "pretraining %s (%.1fM parameters) on %s in %s: %d training documents, ~%d steps per epoch",
+        architecture.__name__,
+        parameters / 1e6,
+        device,
+        precision,
+        train_corpus.num_documents,
+        steps_per_epoch,
+    )
+
+    # ---- loop ----
+    def progress_now() -> float:
+        shares = [step / total_steps] if math.isfinite(total_steps) else []
+        if budget:
+            shares.append(elapsed / budget)
+        return max(shares)
+
+    bar = tqdm(
+        total=int(total_steps) if math.isfinite(total_steps) else None,
+        initial=step,
+        desc="pretraining",
+        unit="step",
+        disable=not settings.progress,
+    )
+    started = time.perf_counter() - elapsed
+    window_tokens, window_start = 0, time.perf_counter()
+    done = progress_now() >= 1.0
+    while not done:
+        batches = examples.batches(epoch, micro_batch, skip=batch_in_epoch * settings.gradient_accumulation_steps)
+        while not done:
+            micro_batches = list(itertools.islice(batches, settings.gradient_accumulation_steps))
+            if not micro_batches:
+                break  # the epoch is over
+            lr = set_learning_rate(
+                optimizer, settings.learning_rate, learning_rate_factor(progress_now(), settings.warmup)
+            )
+            losses: dict[str, float] = {}
+            for batch in micro_batches:
+                inputs = to_device(batch, device)
+                with autocast(precision, device):
+                    out = model(**inputs)
+                (out.loss / len(micro_batches)).backward()
+                for name in ("loss", "mlm_loss", "nsp_loss"):
+                    value = getattr(out, name)
+                    if value is not None:
+                        losses[name] = losses.get(name, 0.0) + float(value) / len(micro_batches)
+                real_tokens = int(batch["attention_mask"].sum())
+                tokens_seen += real_tokens
+                window_tokens += real_tokens
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            batch_in_epoch += 1
+            elapsed = time.perf_counter() - started
+            done = progress_now() >= 1.0
+
+            if step % settings.log_every == 0 or done:
+                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                metrics.write({"step": step, "split": "train", "epoch": epoch, "lr": lr, "tokens_per_second": rate,
+                               "elapsed": elapsed, **losses})  # fmt: skip
+                bar.set_postfix(loss=f"{losses['loss']:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.2e}")
+                window_tokens, window_start = 0, time.perf_counter()
+            bar.update(1)
+            if step % settings.eval_every == 0 or done:
+                scores = evaluate(model, eval_batches, device, precision)
+                metrics.write({"step": step, "split": "valid", "epoch": epoch, "elapsed": elapsed, **scores})
+                bar.write("step {}: {}".format(step, ", ".join(f"valid {k} {v:.4f}" for k, v in scores.items())))
+            if step % settings.save_every == 0 or done:
+                state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "elapsed": elapsed,
+                         "tokens_seen": tokens_seen}  # fmt: skip
+                save_checkpoint(run_dir, step, model, optimizer, state, tokenizer, settings.keep_checkpoints)
+        if not done:
+            epoch, batch_in_epoch = epoch + 1, 0
+    bar.close()
+
+    # ---- save ----
+    final = run_dir / "model"
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    plot = plot_metrics(run_dir)
+    log.info("saved the model to %s and the training curves to %s (%d tokens seen)", final, plot, tokens_seen)
+    return final

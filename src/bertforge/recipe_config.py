@@ -1,0 +1,129 @@
+"""Recipe settings: a typed dataclass filled from a YAML/JSON file, then from ``--key value`` overrides.
+
+Unknown keys are errors (a misspelt ``learning_rat`` must not silently train with the default), and values are
+converted to the field's declared type with a message that names the key, the source and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from bertforge.errors import BertforgeError
+
+ConfigT = TypeVar("ConfigT")
+
+
+def load_recipe_config(cls: type[ConfigT], path: str | Path | None, overrides: Sequence[str] = ()) -> ConfigT:
+    """Build ``cls`` from defaults, then the file at ``path`` (if any), then ``overrides`` (``--key value``)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_file(Path(path), cls))
+    values.update(parse_overrides(overrides, cls))
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required field without a value
+        raise BertforgeError(f"{cls.__name__}: {error}") from None
+
+
+def _read_file(path: Path, cls: type) -> dict[str, Any]:
+    if not path.is_file():
+        raise BertforgeError(f"{path}: no such config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BertforgeError(f"{path}: cannot be parsed ({str(error).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BertforgeError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
+    fields = _fields(cls)
+    result = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise BertforgeError(f"{path}: unknown setting {key!r}; known settings: {', '.join(sorted(fields))}")
+        result[key] = _convert(value, fields[key], f"{path}: {key}")
+    return result
+
+
+def parse_overrides(arguments: Sequence[str], cls: type) -> dict[str, Any]:
+    """``["--learning-rate", "1e-3", "--bf16"]`` → typed values; a flag without a value means true."""
+    fields = _fields(cls)
+    result: dict[str, Any] = {}
+    index = 0
+    while index < len(arguments):
+        argument = arguments[index]
+        if not argument.startswith("--"):
+            raise BertforgeError(f"unexpected argument {argument!r}; settings are given as --key value")
+        key, _, inline = argument[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise BertforgeError(f"unknown setting --{key.replace('_', '-')}; see --help for the settings")
+        if inline:
+            raw, index = inline, index + 1
+        elif index + 1 < len(arguments) and not arguments[index + 1].startswith("--"):
+            raw, index = arguments[index + 1], index + 2
+        else:
+            raw, index = "true", index + 1
+        result[key] = _convert(yaml.safe_load(raw) if raw else raw, fields[key], f"--{key.replace('_', '-')}")
+    return result
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _convert(value: Any, kind: Any, where: str) -> Any:
+    """Check and coerce a YAML value to a field type: int, float, str, bool, Optional[...] and list[...]."""
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in arguments:
+            return None
+        inner = [a for a in arguments if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin in (list, tuple, Sequence):
+        items = value if isinstance(value, list) else [value]
+        return [_convert(item, arguments[0] if arguments else str, where) for item in items]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise BertforgeError(f"{where}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise BertforgeError(f"{where}: expected a whole number, got {value!r}")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise BertforgeError(f"{where}: expected a number, got {value!r}")
+    if kind is str:
+        return str(value)
+    return value
+
+
+def describe_settings(cls: type) -> str:
+    """One line per setting — name, default, and the comment beside its field — for a command's ``--help``."""
+    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), flags=re.MULTILINE))
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        lines.append(f"  --{f.name.replace('_', '-'):<28} {default!s:<14} {comments.get(f.name, '')}")
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""What every training recipe shares: device and precision choice, AdamW groups, the learning-rate schedule,
+atomic resumable checkpoints, the metrics log and its plots. The loops themselves live in the recipes
+(:mod:`bertforge.pretrain`, fine-tuning), straight-line from setup to save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertforge.errors import BertforgeError
+
+log = logging.getLogger("bertforge")
+
+TRAINING_STATE_NAME = "training_state.pt"
+
+
+# ---- device and precision ------------------------------------------------------------------------------------
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """ "auto" takes CUDA when present, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise BertforgeError(f"device {requested!r} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    return torch.device(requested)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated, slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    """Resolve "auto" to the fastest precision the hardware runs natively: "bf16" or "fp32"."""
+    if requested not in ("auto", "fp32", "bf16"):
+        raise BertforgeError(f"precision {requested!r} is not one of auto, fp32, bf16")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast keeps weights and optimizer state in fp32 and runs matmuls in bf16."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---- optimisation ---------------------------------------------------------------------------------------------
+
+
+def build_optimizer(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases and LayerNorm parameters, as in BERT's optimizer."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_norm_or_bias = parameter.ndim < 2 or "norm" in name.split(".")[-2]
+        (no_decay if is_norm_or_bias else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+
+
+def learning_rate_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` share of training, then linear decay to zero.
+
+    ``progress`` in [0, 1] is steps done / total steps, or, on a time budget, minutes spent / budget.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    return max(0.0, (1.0 - progress) / max(1e-12, 1.0 - warmup))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, factor: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = peak * factor
+    return peak * factor
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    tokenizer: Any,
+    keep: int,
+) -> Path:
+    """Write ``run_dir/checkpoints/step-NNNNNNN`` (model folder + training state) atomically; keep the last ``keep``.
+
+    The folder is written under a temporary name and renamed when complete, so a crash mid-write never leaves a
+    checkpoint that looks whole.
+    """
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    temporary = root / f".step-{step:07d}.tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    torch.save(
+        {
+            **state,
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        temporary / TRAINING_STATE_NAME,
+    )
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore optimizer and RNG states from a checkpoint folder; return the recipe's own saved state."""
+    path = checkpoint / TRAINING_STATE_NAME
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state.pop("optimizer"))
+    except FileNotFoundError:
+        raise BertforgeError(f"{path}: missing; {checkpoint} is not a complete checkpoint") from None
+    except Exception as error:  # a truncated or foreign file fails in many ways; all mean "cannot resume"
+        raise BertforgeError(
+            f"{path}: cannot be read ({str(error).splitlines()[0]}); delete {checkpoint} to resume from the one "
+            "before it"
+        ) from None
+    torch.set_rng_state(state.pop("torch_rng"))
+    cuda_states = state.pop("cuda_rng")
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return state
+
+
+# ---- metrics ----------------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``run_dir/metrics.jsonl``; a resumed run continues the same file."""
+
+    def __init__(self, run_dir: Path, resume_from_step: int | None = None) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from_step is None:
+            self.path.write_text("")
+        elif self.path.exists():  # drop lines logged after the checkpoint we resume from: they will be redone
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_from_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise BertforgeError(f"{path}: no metrics log; is {run_dir} a training run folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(run_dir: Path) -> Path:
+    """Render training loss, learning rate and every evaluation metric of a run to ``run_dir/curves.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    train = [r for r in records if r.get("split") == "train"]
+    evaluation = [r for r in records if r.get("split") == "valid"]
+    loss_keys = sorted({k for r in train for k in r if k.endswith("loss")})
+    eval_keys = sorted({k for r in evaluation for k in r if k not in ("step", "split", "epoch", "elapsed")})
+    panels = [("training loss", train, loss_keys), ("learning rate", train, ["lr"])]
+    panels += [(key, evaluation, [key]) for key in eval_keys]
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
+    for axis, (title, data, keys) in zip(axes.flat, panels, strict=False):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in data if key in r]
+            if points:
+                axis.plot(*zip(*points, strict=True), label=key, marker="o" if data is evaluation else None)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        if len(keys) > 1:
+            axis.legend()
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    output = Path(run_dir) / "curves.png"
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    return output
+
+
+class Throughput:
+    """Tokens per second over a sliding window of recent steps."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.tokens = 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        seconds = time.perf_counter() - self.started
+        return self.tokens / seconds if seconds > 0 else 0.0
+
+    def reset(self) -> None:
+        self.started, self.tokens = time.perf_counter(), 0
+
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(array).to(device, non_blocking=True) for name, array in batch.items()}
+
+
+def iterate_forever(items: list) -> Iterator:
+    while True:
+        yield from items
