@@ -80,8 +80,14 @@ _HARMLESS_HF_KEYS = re.compile(
     r"^(?:(?:bert\.)?embeddings\.(?:position_ids|token_type_ids)|cls\.predictions\.decoder\.(?:weight|bias))$"
 )
 _ENCODER_KEY = re.compile(r"^(?:bert\.)?(?:embeddings|layers|pooler)\.")
-# Head weights, ours and Hugging Face's, skipped with a notice when only the encoder is loaded.
-_HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.", "qa_outputs.", "cls.")
+# Parts a checkpoint may have beyond what the model being loaded uses (ours and Hugging Face's names).
+_HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.", "qa_outputs.", "cls.", "pooler.")
+
+
+def _head_of(name: str) -> str | None:
+    """The head (or pooler) prefix a parameter name belongs to, if any."""
+    bare = name.removeprefix(ENCODER_PREFIX)
+    return next((prefix for prefix in _HEAD_PREFIXES if bare.startswith(prefix)), None)
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -259,9 +265,10 @@ def load_state_strictly(
     """Copy ``state`` into ``model``; differences in names or shapes are errors that list the names."""
     expected = model.state_dict()
     unexpected = [name for name in state if name not in expected] + list(unmapped)
-    # Loading only the encoder from a task or pretraining checkpoint is normal: its head weights are skipped.
-    encoder_only = all(_ENCODER_KEY.match(name) for name in expected)
-    skipped_heads = [name for name in unexpected if encoder_only and name.startswith(_HEAD_PREFIXES)]
+    # Loading part of a bigger model is normal (an encoder from a task checkpoint, an MLM model from an MLM + NSP
+    # one): weights of heads, or of a pooler, that this model does not have at all are skipped with a notice.
+    absent = [p for p in _HEAD_PREFIXES if not any(_head_of(name) == p for name in expected)]
+    skipped_heads = [name for name in unexpected if _head_of(name) in absent]
     unexpected = [name for name in unexpected if name not in skipped_heads]
     missing = [name for name in expected if name not in state]
     problems = []

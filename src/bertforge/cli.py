@@ -20,6 +20,8 @@ from typing import Any
 
 from bertforge import __version__
 from bertforge.errors import BertforgeError
+from bertforge.recipe_config import describe_settings
+from bertforge.settings import PretrainConfig
 
 log = logging.getLogger("bertforge")
 
@@ -102,6 +104,82 @@ def embed(
     log.info("wrote %s: %d × %d vectors in %.1f s", output, *vectors.shape, seconds)
 
 
+def data_prepare(
+    corpus: Sequence[str],
+    tokenizer: str,
+    out: str,
+    valid_fraction: float = 0.01,
+    text_field: str = "text",
+    workers: int = 0,
+) -> None:
+    """Tokenize a pretraining corpus into memory-mapped token shards with a held-out validation split.
+
+    Plain-text files use the original BERT format: one sentence or paragraph per line, a blank line between
+    documents (paragraphs are split into sentences, English and Chinese). .jsonl files hold one document per
+    line, its text under --text-field. Documents go to the validation split by a hash of their text, so
+    re-running reproduces the same shards.
+
+    example: bertforge data prepare --corpus 'wiki/*.txt' --tokenizer my-tokenizer --out shards
+    """
+    from bertforge.data.shards import prepare_corpus
+
+    manifest = prepare_corpus(
+        expand_paths(corpus),
+        tokenizer,
+        out,
+        valid_fraction=valid_fraction,
+        text_field=text_field,
+        workers=workers or None,
+    )
+    for warning in manifest.warnings:
+        log.warning("warning: %s", warning)
+    train, valid = manifest.splits["train"], manifest.splits["valid"]
+    log.info(
+        "wrote %s: train %d documents / %d tokens, valid %d documents / %d tokens",
+        out,
+        train.documents,
+        train.tokens,
+        valid.documents,
+        valid.tokens,
+    )
+
+
+def pretrain(config: str | None = None, settings: Sequence[str] = ()) -> None:
+    """Pretrain BERT on token shards with masked-LM and next-sentence prediction (or MLM only).
+
+    Settings come from --config FILE (YAML or JSON) and then from --setting value pairs; unknown settings are
+    errors. A run folder gets checkpoints (resume with --resume), metrics.jsonl, curves.png and the final model/.
+
+    example: bertforge pretrain --config configs/pretrain-mini-cpu.yaml --data shards --max-minutes 10
+    """
+    from bertforge.pretrain import pretrain as run
+    from bertforge.recipe_config import load_recipe_config
+    from bertforge.settings import PretrainConfig
+
+    run(load_recipe_config(PretrainConfig, config, settings))
+
+
+def plot(run: str) -> None:
+    """Render a training run's metrics.jsonl as loss and accuracy curves (RUN/curves.png)."""
+    from bertforge.train import plot_metrics
+
+    log.info("wrote %s", plot_metrics(Path(run)))
+
+
+def fill_mask(model: str, text: str, top_k: int = 5) -> None:
+    """Show the most likely tokens for each [MASK] in a text, with a model from `bertforge pretrain`.
+
+    example: bertforge fill-mask --model runs/pretrain/model --text "The capital of France is [MASK]."
+    """
+    from bertforge.pipelines import pipeline
+
+    results = pipeline("fill-mask", model=model)(text, top_k=top_k)
+    for number, candidates in enumerate(results if isinstance(results[0], list) else [results], start=1):
+        print(f"[MASK] #{number}:")
+        for candidate in candidates:
+            print(f"  {candidate['score']:.3f}  {candidate['token_str']:<15} {candidate['sequence']}")
+
+
 def quickstart(out: str = "runs/quickstart", smoke: bool = False) -> None:
     """Run the whole chain on bundled data and show what each stage does (see README, "Quickstart").
 
@@ -149,6 +227,30 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("normalize", "scale each vector to unit L2 norm"),
         ],
     ),
+    "data prepare": (
+        data_prepare,
+        [
+            Option("corpus", "text or .jsonl files, or glob patterns", nargs="+"),
+            Option("tokenizer", "tokenizer folder (from `bertforge tokenizer train`) or checkpoint folder"),
+            Option("out", "folder for the shards, manifest.json and a copy of the tokenizer"),
+            Option("valid_fraction", "share of documents held out for validation"),
+            Option("text_field", "field holding the text in .jsonl files"),
+            Option("workers", "tokenizer processes; 0 = one per CPU core"),
+        ],
+    ),
+    "pretrain": (
+        pretrain,
+        [Option("config", "YAML or JSON file of settings; --setting value pairs override it")],
+    ),
+    "plot": (plot, [Option("run", "a run folder holding metrics.jsonl")]),
+    "fill-mask": (
+        fill_mask,
+        [
+            Option("model", "folder of a model with an MLM head (from `bertforge pretrain`)"),
+            Option("text", "text with one or more [MASK] tokens"),
+            Option("top_k", "candidates to show per [MASK]"),
+        ],
+    ),
     "quickstart": (
         quickstart,
         [
@@ -157,6 +259,10 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
         ],
     ),
 }
+
+
+# Commands that take a recipe's settings as --key value pairs beyond their own options.
+SETTINGS: dict[str, type] = {"pretrain": PretrainConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,10 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
                 nested[group[0]] = holder.add_subparsers(dest="subcommand", metavar="subcommand", required=True)
             where = nested[group[0]]
         doc = inspect.getdoc(function) or ""
+        settings = SETTINGS.get(name)
         command = where.add_parser(
             leaf,
             help=doc.splitlines()[0],
             description=doc,
+            epilog=f"settings:\n{describe_settings(settings)}" if settings else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_options(command, function, options)
@@ -224,10 +332,17 @@ def expand_paths(patterns: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    keywords = {name: getattr(args, name) for name in args.option_names}
+    command = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
+    if command in SETTINGS:
+        keywords["settings"] = extra  # checked against the settings dataclass, with its own messages
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.function(**{name: getattr(args, name) for name in args.option_names})
+        args.function(**keywords)
     except BertforgeError as error:
         print(f"bertforge: error: {error}", file=sys.stderr)
         return 2

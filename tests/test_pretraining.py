@@ -1,0 +1,173 @@
+"""Pretraining end to end on a small generated corpus: examples, NSP labels, resume, CLI, fill-mask, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bertforge.cli import main
+from bertforge.data.examples import Pair
+from bertforge.data.shards import ShardedCorpus, prepare_corpus
+from bertforge.errors import BertforgeError
+from bertforge.heads import IGNORE_INDEX
+from bertforge.pretrain import make_examples, pretrain
+from bertforge.settings import PretrainConfig
+from bertforge.tokenizer import BertTokenizer, train_tokenizer
+
+TOPICS = {
+    "sea": "ship sail wave harbour captain storm anchor fish tide coast".split(),
+    "farm": "cow field harvest barn tractor wheat farmer sheep fence hay".split(),
+    "space": "rocket orbit planet star moon astronaut launch galaxy comet crater".split(),
+    "city": "street traffic tower market subway bridge crowd taxi office park".split(),
+}
+GLUE = "the a of and in to was with on for by at".split()
+
+
+def generated_documents(count: int, seed: int = 0) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    documents = []
+    for index in range(count):
+        words = TOPICS[list(TOPICS)[index % len(TOPICS)]]
+        sentences = []
+        for _ in range(rng.integers(3, 9)):
+            length = rng.integers(4, 14)
+            tokens = [str(rng.choice(words if rng.random() < 0.6 else GLUE)) for _ in range(length)]
+            sentences.append(" ".join(tokens).capitalize() + ".")
+        documents.append(sentences)
+    return documents
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(doc) for doc in generated_documents(240)) + "\n", encoding="utf-8")
+    train_tokenizer([corpus], 120, show_progress=False).save_pretrained(root / "tokenizer")
+    prepare_corpus([corpus], root / "tokenizer", root / "shards", valid_fraction=0.1, workers=1, show_progress=False)
+    return root / "shards"
+
+
+def settings(shards, tmp_path, **overrides):
+    values = dict(data=str(shards), out=str(tmp_path / "run"), model="tiny", max_seq_length=64, batch_size=8,
+                  max_steps=6, eval_every=3, eval_batches=2, save_every=3, log_every=1, progress=False,
+                  precision="fp32", dropout=0.1, learning_rate=1e-3)  # fmt: skip
+    return PretrainConfig(**{**values, **overrides})
+
+
+def test_nsp_labels_are_balanced_and_positives_are_real_continuations(shards, tmp_path):
+    corpus = ShardedCorpus(shards)
+    examples = make_examples(
+        settings(shards, tmp_path, max_seq_length=48), corpus, BertTokenizer.from_pretrained(shards / "tokenizer")
+    )
+    text = np.asarray(corpus.tokens(0, corpus.num_tokens))
+    labels = []
+    for epoch in range(8):
+        for pair in examples.pairs(epoch):
+            assert isinstance(pair, Pair)
+            assert pair.tokens_a.size + pair.tokens_b.size <= 48 - 3
+            assert pair.tokens_a.size and pair.tokens_b.size
+            labels.append(pair.is_random_next)
+            if not pair.is_random_next and epoch == 0:
+                # Truncation may trim A's end or B's start, so B starts shortly after A ends (≤ 45 tokens).
+                starts_a, starts_b = occurrences(text, pair.tokens_a), occurrences(text, pair.tokens_b)
+                gaps = starts_b[None, :] - (starts_a[:, None] + pair.tokens_a.size)
+                assert ((gaps >= 0) & (gaps <= 45)).any(), "B of a positive pair must continue A"
+    assert len(labels) > 2000
+    assert abs(np.mean(labels) - 0.5) < 0.02
+
+
+def test_batches_are_deterministic_and_skipping_keeps_later_masks(shards, tmp_path):
+    tokenizer = BertTokenizer.from_pretrained(shards / "tokenizer")
+    examples = make_examples(settings(shards, tmp_path), ShardedCorpus(shards), tokenizer)
+    full = list(examples.batches(1, 8))
+    again = list(examples.batches(1, 8, skip=3))
+    assert len(again) == len(full) - 3
+    for a, b in zip(full[3:], again, strict=True):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    batch = full[0]
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label"}
+    assert (batch["input_ids"][:, 0] == tokenizer.cls_token_id).all()
+    assert (batch["mlm_labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    assert not np.array_equal(full[0]["input_ids"], list(examples.batches(2, 8))[0]["input_ids"])
+
+
+def test_packed_mlm_only_examples_cover_the_text(shards, tmp_path):
+    corpus = ShardedCorpus(shards)
+    config = settings(shards, tmp_path, next_sentence_prediction=False)
+    examples = make_examples(config, corpus, BertTokenizer.from_pretrained(shards / "tokenizer"))
+    pieces = list(examples.packed(0))
+    assert all(piece.size <= 62 for piece in pieces)
+    sep = BertTokenizer.from_pretrained(shards / "tokenizer").sep_token_id
+    text_tokens = sum(int((piece != sep).sum()) for piece in pieces)
+    assert text_tokens == corpus.num_tokens  # nothing dropped, nothing repeated
+
+
+def occurrences(text, piece):
+    windows = np.lib.stride_tricks.sliding_window_view(text, piece.size)
+    return np.flatnonzero((windows == piece).all(axis=1))
+
+
+def occurrences(text, piece):
+    windows = np.lib.stride_tricks.sliding_window_view(text, piece.size)
+    return np.flatnonzero((windows == piece).all(axis=1))
+
+
+def read_losses(run):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == "train"]  # fmt: skip
+
+
+def test_resumed_run_repeats_the_uninterrupted_losses(shards, tmp_path):
+    straight = settings(shards, tmp_path / "a")
+    pretrain(straight)
+    expected = read_losses(tmp_path / "a" / "run")
+    assert len(expected) == 6
+
+    interrupted = tmp_path / "b" / "run"
+    pretrain(settings(shards, tmp_path / "b", max_steps=6, save_every=3))
+    shutil.rmtree(interrupted / "checkpoints" / "step-0000006")  # as if killed after the step-3 checkpoint
+    pretrain(settings(shards, tmp_path / "b", resume=True))
+    assert read_losses(interrupted) == expected
+    assert (interrupted / "curves.png").stat().st_size > 0
+
+
+def test_cli_pretrain_then_fill_mask(shards, tmp_path, capsys):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(f"data: {shards}\nmodel: tiny\nmax_seq_length: 64\nbatch_size: 8\nprogress: false\n")
+    out = tmp_path / "run"
+    assert (
+        main(["pretrain", "--config", str(config), "--out", str(out), "--max-steps", "2", "--precision", "fp32"]) == 0
+    )
+    assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in (out / "model").iterdir()}
+    assert (
+        main(["fill-mask", "--model", str(out / "model"), "--text", "The ship sailed into the [MASK].", "--top-k", "3"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("The ship sailed into the ") == 3
+
+
+def test_unknown_setting_and_missing_stop_are_errors(shards, tmp_path, capsys):
+    assert main(["pretrain", "--data", str(shards), "--max-step", "3"]) == 2
+    assert "unknown setting --max-step" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(shards)]) == 2
+    assert "say when to stop" in capsys.readouterr().err
+
+
+def test_tokenizer_that_does_not_match_the_shards(shards, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(shards, other)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("completely different words here\n" * 30)
+    train_tokenizer([corpus], 60, show_progress=False).save_pretrained(other / "tokenizer")
+    with pytest.raises(BertforgeError, match="different tokenizer"):
+        pretrain(settings(other, tmp_path))
+
+
+def test_corrupted_checkpoint_on_resume(shards, tmp_path):
+    pretrain(settings(shards, tmp_path, max_steps=3, save_every=3))
+    state = tmp_path / "run" / "checkpoints" / "step-0000003" / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(BertforgeError, match=r"training_state\.pt: cannot be read"):
+        pretrain(settings(shards, tmp_path, max_steps=5, resume=True))
