@@ -101,3 +101,23 @@ def test_masked_lm_round_trips_through_transformers(tmp_path):
     reloaded = BertForMaskedLM.from_pretrained(tmp_path)
     for name, tensor in ours.state_dict().items():
         assert torch.equal(tensor, reloaded.state_dict()[name]), name
+
+
+def test_masked_lm_loads_from_a_pretraining_checkpoint_skipping_nsp_and_pooler(tmp_path, caplog):
+    torch.manual_seed(3)
+    full = BertForPreTraining(BertConfig(**HF_TINY)).eval()
+    full.save_pretrained(tmp_path)
+    with caplog.at_level("INFO", logger="bertforge"):
+        mlm_only = BertForMaskedLM.from_pretrained(tmp_path).eval()
+    assert "nsp, pooler not used by BertForMaskedLM, skipped" in caplog.text
+    ids, mask, types, _, _ = batch(seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(mlm_only(ids, mask, types).mlm_logits, full(ids, mask, types).mlm_logits)
+
+
+def test_encoder_without_mlm_head_cannot_serve_as_masked_lm(tmp_path):
+    from bertforge import BertforgeError, BertModel
+
+    BertModel(BertConfig(**HF_TINY)).save_pretrained(tmp_path)
+    with pytest.raises(BertforgeError, match=r"missing weights: mlm\.transform\.weight"):
+        BertForMaskedLM.from_pretrained(tmp_path)

@@ -66,6 +66,8 @@ HEAD_NAMES: list[tuple[str, str]] = [
     *((f"mlm.norm.{kind}", f"cls.predictions.transform.LayerNorm.{kind}") for kind in ("weight", "bias")),
     ("mlm.bias", "cls.predictions.bias"),
     *((f"nsp.{kind}", f"cls.seq_relationship.{kind}") for kind in ("weight", "bias")),
+    *((f"classifier.{kind}", f"classifier.{kind}") for kind in ("weight", "bias")),
+    *((f"qa_outputs.{kind}", f"qa_outputs.{kind}") for kind in ("weight", "bias")),
 ]
 
 _QKV_OURS = re.compile(r"^(?P<prefix>(?:bert\.)?)layers\.(?P<i>\d+)\.attention\.qkv\.(?P<kind>weight|bias)$")
@@ -271,6 +273,9 @@ def load_state_strictly(
     skipped_heads = [name for name in unexpected if _head_of(name) in absent]
     unexpected = [name for name in unexpected if name not in skipped_heads]
     missing = [name for name in expected if name not in state]
+    # A task model loaded from an encoder or a pretraining checkpoint keeps its freshly initialised head.
+    fresh = [name for name in missing if name.startswith(getattr(model, "initialised_if_missing", ()))]
+    missing = [name for name in missing if name not in fresh]
     problems = []
     if missing:
         problems.append(f"missing weights: {_names(missing)}")
@@ -295,7 +300,10 @@ def load_state_strictly(
             len(skipped_heads),
             type(model).__name__,
         )
-    model.load_state_dict({name: t for name, t in state.items() if name in expected}, strict=True)
+    if fresh:
+        parts = sorted({name.rsplit(".", 1)[0] for name in fresh})
+        log.info("%s: %s initialised fresh (not in the checkpoint); fine-tune before use", source, ", ".join(parts))
+    model.load_state_dict({name: t for name, t in state.items() if name in expected}, strict=not fresh)
 
 
 def _names(names: list[str], limit: int = 8) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from bertforge import __version__
 from bertforge.errors import BertforgeError
 from bertforge.recipe_config import describe_settings
-from bertforge.settings import PretrainConfig
+from bertforge.settings import FinetuneConfig, PretrainConfig
 
 log = logging.getLogger("bertforge")
 
@@ -180,14 +180,118 @@ def fill_mask(model: str, text: str, top_k: int = 5) -> None:
             print(f"  {candidate['score']:.3f}  {candidate['token_str']:<15} {candidate['sequence']}")
 
 
-def quickstart(out: str = "runs/quickstart", smoke: bool = False) -> None:
+def finetune_classification(config: str | None = None, settings: Sequence[str] = ()) -> None:
+    """Fine-tune a BERT checkpoint for text classification: sentiment, topics, sentence pairs, or regression.
+
+    Data: CSV, TSV or JSONL files (--text-column, --text-pair-column, --label-column), or a catalogue name:
+    rotten_tomatoes, imdb (their dev and test splits are used automatically). Labels may be names or integers;
+    the label set comes from the training file. Bad rows stop the run with file:line, or with --bad-rows skip
+    are skipped and counted. Each epoch is evaluated on --dev; the best model is kept in OUT/model.
+
+    example: bertforge finetune classification --model all-MiniLM-L6-v2 --train rotten_tomatoes --out runs/rt
+    """
+    from bertforge.finetune import finetune_classification as run
+    from bertforge.recipe_config import load_recipe_config
+    from bertforge.settings import FinetuneConfig
+
+    run(load_recipe_config(FinetuneConfig, config, settings))
+
+
+def evaluate(
+    model: str,
+    data: str,
+    text_column: str = "text",
+    text_pair_column: str = "",
+    label_column: str = "label",
+    max_length: int = 128,
+    long_text: str = "truncate",
+    bad_rows: str = "fail",
+) -> None:
+    """Score a fine-tuned classifier on a labelled file: accuracy, macro-F1, MCC and the confusion matrix
+    (Pearson and Spearman for regression). --data also takes a catalogue split such as rotten_tomatoes:test.
+    """
+    from bertforge.finetune import evaluate_model, print_report, read_split
+    from bertforge.heads import BertForSequenceClassification
+    from bertforge.settings import FinetuneConfig
+    from bertforge.tokenizer import BertTokenizer
+    from bertforge.train import pick_device
+
+    name, _, split = data.partition(":")
+    classifier = BertForSequenceClassification.from_pretrained(model)
+    labels = [classifier.config.id2label[i] for i in range(len(classifier.config.id2label))]
+    regression = classifier.num_labels == 1
+    settings = FinetuneConfig(
+        model=model, train=name, dev=name, test=name, text_column=text_column, regression=regression,
+        text_pair_column=text_pair_column or None, label_column=label_column, max_length=max_length,
+        long_text=long_text, bad_rows=bad_rows,
+    )  # fmt: skip
+    file = read_split(settings, split or "test", None if regression else labels)
+    device = pick_device("auto")
+    tokenizer = BertTokenizer.from_pretrained(model)
+    scores = evaluate_model(classifier.to(device), tokenizer, file, settings, device, "fp32")
+    print_report(scores, labels, regression, title=str(file.path))
+
+
+def predict(
+    model: str,
+    input: str = "-",
+    output: str = "-",
+    top_k: int = 1,
+    max_length: int = 512,
+    long_text: str = "truncate",
+    batch_size: int = 32,
+) -> None:
+    """Classify texts with a fine-tuned model: one JSON object per input line, in input order.
+
+    Input lines are plain texts, or (for .jsonl input) objects with "text" and optional "text_pair". Output
+    objects carry "label" and "score" of the best class, plus "scores" (best first) with --top-k above 1.
+    "-" means standard input / output.
+
+    example: echo "A moving, beautifully acted film." | bertforge predict --model runs/rt/model
+    """
+    import json
+
+    from bertforge.embeddings import read_text_lines
+    from bertforge.pipelines import pipeline
+
+    lines = sys.stdin.read().splitlines() if input == "-" else read_text_lines(input)
+    items: list[Any] = lines
+    if input.endswith(".jsonl"):
+        items = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                items.append({"text": record["text"], "text_pair": record.get("text_pair")})
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                problem = f"expected a JSON object with a 'text' field ({error})"
+                raise BertforgeError(f"{input}:{number}: {problem}") from None
+    classify = pipeline("text-classification", model=model, max_length=max_length, long_text=long_text)
+    results = classify(items, top_k=max(top_k, 1), batch_size=batch_size)
+    sink = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        for result in results:
+            ranked = result if isinstance(result, list) else [result]
+            record = {"label": ranked[0]["label"], "score": ranked[0]["score"]}
+            if top_k > 1:
+                record["scores"] = ranked
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    if output != "-":
+        log.info("wrote %d predictions to %s", len(results), output)
+
+
+def quickstart(out: str = "runs/quickstart", smoke: bool = False, minutes: float = 0.0) -> None:
     """Run the whole chain on bundled data and show what each stage does (see README, "Quickstart").
 
-    --smoke runs every stage on a tiny budget, to check an installation in about a minute.
+    Fetches data, trains a vocabulary, prepares shards, pretrains a small BERT from scratch, shows what it
+    learned, then puts a real pretrained encoder to work. --smoke runs every stage on a tiny budget (about a
+    minute), to check an installation; --minutes changes the pretraining budget.
     """
     from bertforge.quickstart import run_quickstart
 
-    run_quickstart(Path(out), smoke=smoke)
+    run_quickstart(Path(out), smoke=smoke, minutes=minutes or None)
 
 
 # ---- the table: command name -> function and its options ---------------------------------------------------
@@ -242,6 +346,35 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
         pretrain,
         [Option("config", "YAML or JSON file of settings; --setting value pairs override it")],
     ),
+    "finetune classification": (
+        finetune_classification,
+        [Option("config", "YAML or JSON file of settings; --setting value pairs override it")],
+    ),
+    "evaluate": (
+        evaluate,
+        [
+            Option("model", "fine-tuned model folder"),
+            Option("data", "labelled CSV/TSV/JSONL file, or a catalogue split such as rotten_tomatoes:test"),
+            Option("text_column", "column with the text"),
+            Option("text_pair_column", "column with the second text of sentence pairs"),
+            Option("label_column", "column with the label"),
+            Option("max_length", "tokens per input"),
+            Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
+            Option("bad_rows", "fail on a bad row, or skip and count it", choices=("fail", "skip")),
+        ],
+    ),
+    "predict": (
+        predict,
+        [
+            Option("model", "fine-tuned model folder"),
+            Option("input", "text file (one text per line) or .jsonl; - for standard input"),
+            Option("output", "JSONL file to write; - for standard output"),
+            Option("top_k", "also list the best k classes with their scores"),
+            Option("max_length", "tokens per input"),
+            Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
+            Option("batch_size", "inputs per forward pass"),
+        ],
+    ),
     "plot": (plot, [Option("run", "a run folder holding metrics.jsonl")]),
     "fill-mask": (
         fill_mask,
@@ -256,13 +389,14 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
         [
             Option("out", "folder for everything the quickstart writes"),
             Option("smoke", "a minimal run of every stage"),
+            Option("minutes", "pretraining budget in minutes (0 = the bundled config's)"),
         ],
     ),
 }
 
 
 # Commands that take a recipe's settings as --key value pairs beyond their own options.
-SETTINGS: dict[str, type] = {"pretrain": PretrainConfig}
+SETTINGS: dict[str, type] = {"pretrain": PretrainConfig, "finetune classification": FinetuneConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -149,3 +149,53 @@ class BertForMaskedLM(BertPreTrainedModel):
         return PreTrainingOutput(
             mlm_logits=mlm_logits, loss=mlm_loss, mlm_loss=mlm_loss, mlm_correct=correct, mlm_count=count
         )
+
+
+# ---- task heads ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SequenceClassifierOutput:
+    """What :class:`BertForSequenceClassification` returns."""
+
+    logits: Tensor  # (B, num_labels); for regression (num_labels == 1) the predicted value
+    loss: Tensor | None = None  # cross-entropy (classes) or mean-squared error (regression), when labels given
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """Text or sentence-pair classification: dropout + linear over the pooled [CLS] vector (BERT, section 4.1).
+
+    ``config.id2label`` sets the classes; a single label means regression (mean-squared error on a float).
+    """
+
+    # Missing from a plain encoder or a pretraining checkpoint: created fresh, and the user is told once.
+    initialised_if_missing = ("classifier.", "bert.pooler.")
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_labels = max(1, len(config.id2label)) if config.id2label else 2
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        class_weights: Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        """Args as :meth:`BertModel.forward`, plus (B,) ``labels`` (class ids, or floats for regression) and
+        optional (num_labels,) ``class_weights`` that up-weight rare classes in the loss."""
+        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, H)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.float().squeeze(-1), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
+        return SequenceClassifierOutput(logits=logits, loss=loss)

@@ -13,33 +13,126 @@ import numpy as np
 import torch
 
 from bertforge.assets import resolve_model_dir
+from bertforge.classify import encode_texts, predict_logits, softmax
 from bertforge.embeddings import embed_texts
 from bertforge.errors import BertforgeError
-from bertforge.heads import BertForMaskedLM
+from bertforge.heads import BertForMaskedLM, BertForSequenceClassification
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import autocast, pick_device, pick_precision
 
-TASKS = ("fill-mask", "feature-extraction")
+TASKS = ("sentiment-analysis", "text-classification", "fill-mask", "feature-extraction")
+HOW_TO_GET_A_MODEL = {
+    "sentiment-analysis": "fine-tune one first, e.g. `bertforge finetune classification --model all-MiniLM-L6-v2 "
+    "--train rotten_tomatoes --out runs/sentiment`, then pass model='runs/sentiment/model'",
+    "fill-mask": "pretrain one first (`bertforge pretrain`, or `make quickstart`), then pass its model/ folder",
+    "feature-extraction": "pass any BERT checkpoint folder, or the packaged 'all-MiniLM-L6-v2'",
+}
+HOW_TO_GET_A_MODEL["text-classification"] = HOW_TO_GET_A_MODEL["sentiment-analysis"]
 
 
 def pipeline(
-    task: str, model: str | Path | None = None, *, device: str = "auto", precision: str = "fp32"
-) -> FillMaskPipeline | FeatureExtractionPipeline:
-    """Build the pipeline for ``task`` from a checkpoint folder (or a packaged model's name)."""
+    task: str,
+    model: str | Path | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    max_length: int | None = None,
+    long_text: str = "truncate",
+) -> TextClassificationPipeline | FillMaskPipeline | FeatureExtractionPipeline:
+    """Build the pipeline for ``task`` from a checkpoint folder (or a packaged model's name).
+
+    ``max_length`` and ``long_text`` ("truncate" or "window") apply to text classification; they default to
+    the values the model was fine-tuned with when its run saved them.
+    """
     if task not in TASKS:
         raise BertforgeError(f"unknown task {task!r}; bertforge pipelines: {', '.join(TASKS)}")
     if model is None:
-        raise BertforgeError(
-            f"pipeline({task!r}) needs model=FOLDER: a checkpoint folder from `bertforge pretrain`, or a "
-            "packaged model such as 'all-MiniLM-L6-v2' for feature-extraction (see README)"
-        )
+        raise BertforgeError(f"pipeline({task!r}) needs model=FOLDER: {HOW_TO_GET_A_MODEL[task]}")
     folder = resolve_model_dir(model)
     tokenizer = BertTokenizer.from_pretrained(folder)
     target = pick_device(device)
     if task == "fill-mask":
         return FillMaskPipeline(BertForMaskedLM.from_pretrained(folder), tokenizer, target, precision)
-    return FeatureExtractionPipeline(BertModel.from_pretrained(folder), tokenizer, target, precision)
+    if task == "feature-extraction":
+        return FeatureExtractionPipeline(BertModel.from_pretrained(folder), tokenizer, target, precision)
+    classifier = BertForSequenceClassification.from_pretrained(folder)
+    if not classifier.config.id2label:
+        raise BertforgeError(f"{folder}: has no labels in config.json; {HOW_TO_GET_A_MODEL[task]}")
+    return TextClassificationPipeline(
+        classifier, tokenizer, target, precision, max_length=max_length or tokenizer.model_max_length,
+        long_text=long_text,
+    )  # fmt: skip
+
+
+TextInput = str | tuple[str, str] | dict[str, str]
+
+
+class TextClassificationPipeline:
+    """Label texts (or text pairs) with a fine-tuned classifier: ``{"label": ..., "score": ...}`` per input."""
+
+    def __init__(
+        self,
+        model: BertForSequenceClassification,
+        tokenizer: BertTokenizer,
+        device: torch.device,
+        precision: str,
+        *,
+        max_length: int = 512,
+        long_text: str = "truncate",
+        stride: int | None = None,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.precision = pick_precision(precision, device)
+        self.max_length = min(max_length, model.config.max_position_embeddings)
+        self.long_text = long_text
+        self.stride = stride if stride is not None else self.max_length // 2
+        self.labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+
+    def __call__(self, inputs: TextInput | Sequence[TextInput], top_k: int | None = 1, batch_size: int = 32) -> Any:
+        """Classify a text, a (text, text_pair) tuple, a {"text", "text_pair"} dict, or a list of them.
+
+        ``top_k=1`` gives one ``{"label", "score"}`` dict per input; a larger ``top_k`` (or None for all) gives
+        a best-first list of them. Results follow input order; internally inputs are batched by length.
+        """
+        single = isinstance(inputs, str | tuple | dict)
+        items = [inputs] if single else list(inputs)
+        texts, pairs = zip(*(_split_input(item) for item in items), strict=True) if items else ((), ())
+        has_pairs = any(pair is not None for pair in pairs)
+        encoded = encode_texts(
+            self.tokenizer,
+            list(texts),
+            [pair or "" for pair in pairs] if has_pairs else None,
+            max_length=self.max_length,
+            long_text=self.long_text,
+            stride=self.stride,
+        )
+        logits = predict_logits(
+            self.model, encoded, len(items), pad_id=self.tokenizer.pad_token_id, batch_size=batch_size,
+            device=self.device, precision=self.precision,
+        )  # fmt: skip
+        results = [self._postprocess(row, top_k) for row in logits]
+        return results[0] if single else results
+
+    def _postprocess(self, logits: np.ndarray, top_k: int | None) -> Any:
+        if len(self.labels) == 1:  # regression: the predicted value
+            return {"label": self.labels[0], "score": float(logits[0])}
+        probabilities = softmax(logits)
+        order = np.argsort(-probabilities)[: top_k or len(self.labels)]
+        ranked = [{"label": self.labels[i], "score": float(probabilities[i])} for i in order]
+        return ranked[0] if top_k == 1 else ranked
+
+
+def _split_input(item: TextInput) -> tuple[str, str | None]:
+    if isinstance(item, str):
+        return item, None
+    if isinstance(item, tuple) and len(item) == 2:
+        return item[0], item[1]
+    if isinstance(item, dict) and "text" in item:
+        return item["text"], item.get("text_pair")
+    raise BertforgeError(f"cannot classify {item!r}: pass a string, a (text, text_pair) tuple or a dict with 'text'")
 
 
 class FillMaskPipeline:

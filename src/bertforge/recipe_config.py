@@ -23,10 +23,23 @@ from bertforge.errors import BertforgeError
 ConfigT = TypeVar("ConfigT")
 
 
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def bundled_config(name: str) -> Path:
+    """The path of a config file shipped with bertforge (``pretrain-cpu`` → ``.../configs/pretrain-cpu.yaml``)."""
+    return BUNDLED_CONFIGS / f"{name}.yaml"
+
+
 def load_recipe_config(cls: type[ConfigT], path: str | Path | None, overrides: Sequence[str] = ()) -> ConfigT:
-    """Build ``cls`` from defaults, then the file at ``path`` (if any), then ``overrides`` (``--key value``)."""
+    """Build ``cls`` from defaults, then the file at ``path`` (if any), then ``overrides`` (``--key value``).
+
+    ``path`` may also name a bundled config (``pretrain-cpu``, see ``src/bertforge/configs``).
+    """
     values: dict[str, Any] = {}
     if path is not None:
+        if not Path(path).exists() and bundled_config(str(path)).is_file():
+            path = bundled_config(str(path))
         values.update(_read_file(Path(path), cls))
     values.update(parse_overrides(overrides, cls))
     try:

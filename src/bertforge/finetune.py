@@ -1,0 +1,302 @@
+"""The text-classification fine-tuning recipe: a pretrained encoder + a new classifier head → a task model.
+
+Straight-line: setup (data, model, optimizer) → loop over epochs (train, evaluate on dev, keep the best) →
+test with the best checkpoint → save. Settings come from :class:`~bertforge.settings.FinetuneConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bertforge.assets import resolve_model_dir
+from bertforge.classify import EncodedInputs, collate, encode_texts, predict_logits
+from bertforge.config import BertConfig
+from bertforge.data.catalogue import DATASETS, resolve_dataset
+from bertforge.data.classification import ClassificationFile, bucketed_batches, read_classification_file
+from bertforge.errors import BertforgeError
+from bertforge.heads import BertForSequenceClassification
+from bertforge.metrics import classification_report, format_confusion_matrix, pearson, spearman
+from bertforge.model import BertModel
+from bertforge.settings import FinetuneConfig
+from bertforge.tokenizer import BertTokenizer
+from bertforge.train import (
+    TRAINING_STATE_NAME,
+    MetricsLog,
+    autocast,
+    build_optimizer,
+    latest_checkpoint,
+    learning_rate_factor,
+    load_training_state,
+    pick_device,
+    pick_precision,
+    plot_metrics,
+    save_checkpoint,
+    seed_everything,
+    set_learning_rate,
+)
+
+log = logging.getLogger("bertforge")
+
+
+def read_split(settings: FinetuneConfig, split: str, label_names: list[str] | None) -> ClassificationFile | None:
+    """Read the train/dev/test file named in the settings (a catalogue name defaults dev and test too)."""
+    name = {"train": settings.train, "dev": settings.dev, "test": settings.test}[split]
+    if name is None and settings.train in DATASETS:
+        name = settings.train
+    if name is None:
+        return None
+    return read_classification_file(
+        resolve_dataset(name, split),
+        text_column=settings.text_column,
+        text_pair_column=settings.text_pair_column,
+        label_column=settings.label_column,
+        label_names=label_names,
+        regression=settings.regression,
+        bad_rows=settings.bad_rows,
+    )
+
+
+def encode_file(tokenizer: BertTokenizer, data: ClassificationFile, settings: FinetuneConfig) -> EncodedInputs:
+    pairs = [e.text_pair or "" for e in data.examples] if settings.text_pair_column else None
+    return encode_texts(
+        tokenizer,
+        [e.text for e in data.examples],
+        pairs,
+        max_length=settings.max_length,
+        long_text=settings.long_text,
+        stride=settings.window_stride,
+    )
+
+
+def score(logits: np.ndarray, data: ClassificationFile, regression: bool) -> dict[str, Any]:
+    """Metrics of predictions against the file's labels: classification report, or correlations."""
+    labels = np.asarray([e.label for e in data.examples])
+    if regression:
+        predicted = logits[:, 0]
+        return {
+            "pearson": pearson(predicted, labels),
+            "spearman": spearman(predicted, labels),
+            "mse": float(np.mean((predicted - labels) ** 2)),
+        }
+    return classification_report(logits.argmax(-1), labels.astype(np.int64), data.label_names)
+
+
+def evaluate_model(
+    model: BertForSequenceClassification,
+    tokenizer: BertTokenizer,
+    data: ClassificationFile,
+    settings: FinetuneConfig,
+    device: torch.device,
+    precision: str,
+) -> dict[str, Any]:
+    inputs = encode_file(tokenizer, data, settings)
+    logits = predict_logits(
+        model,
+        inputs,
+        len(data.examples),
+        pad_id=tokenizer.pad_token_id,
+        batch_size=settings.eval_batch_size,
+        device=device,
+        precision=precision,
+    )
+    return score(logits, data, settings.regression)
+
+
+def report_skipped(data: ClassificationFile) -> None:
+    if data.skipped:
+        reasons = "; ".join(f"line {line}: {reason}" for line, reason in data.skipped[:3])
+        more = f" and {len(data.skipped) - 3} more" if len(data.skipped) > 3 else ""
+        log.warning("%s: skipped %d bad row(s) (%s%s)", data.path, len(data.skipped), reasons, more)
+
+
+def finetune_classification(settings: FinetuneConfig) -> Path:
+    """Fine-tune; return the folder of the best model (Hugging Face layout, tokenizer included)."""
+    # ---- setup ----
+    run_dir = Path(settings.out)
+    seed_everything(settings.seed)
+    device = pick_device(settings.device)
+    precision = pick_precision(settings.precision, device)
+    model_dir = resolve_model_dir(settings.model)
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    train = read_split(settings, "train", None)
+    labels = None if settings.regression else train.label_names
+    dev, test = read_split(settings, "dev", labels), read_split(settings, "test", labels)
+    for data in (train, dev, test):
+        if data is not None:
+            report_skipped(data)
+    names = ["value"] if settings.regression else train.label_names
+    label_config = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    base = BertConfig.load(model_dir)
+    if base.id2label and base.id2label != label_config["id2label"] and not settings.resume:
+        log.info("%s was trained for labels %s; a new head is made for %s", model_dir, base.id2label, names)
+    checkpoint = _latest(run_dir) if settings.resume else None
+    if settings.resume and checkpoint is None:
+        log.info("%s has no checkpoint yet; starting from scratch", run_dir)
+    start_dir = checkpoint or model_dir
+    if checkpoint is None and base.id2label and base.id2label != label_config["id2label"]:
+        model = _fresh_head_model(model_dir, label_config)
+    else:
+        model = BertForSequenceClassification.from_pretrained(start_dir, **label_config)
+    model.to(device).train()
+    optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
+
+    train_inputs = encode_file(tokenizer, train, settings)
+    targets = np.asarray([e.label for e in train.examples])[train_inputs.source]
+    class_weights = _class_weights(settings, targets, len(names), device)
+    micro_batch = settings.batch_size // settings.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(train_inputs) / settings.batch_size)
+    total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
+    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "stale_epochs": 0}
+    if checkpoint is not None:
+        state.update(load_training_state(checkpoint, optimizer))
+        log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
+    metrics = MetricsLog(run_dir, resume_from_step=state["step"] if checkpoint is not None else None)
+    (run_dir / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    log.info(
+        "fine-tuning %s for %s on %d examples (%d inputs) on %s in %s; %d steps",
+        model_dir,
+        "regression" if settings.regression else f"{len(names)} classes",
+        len(train.examples),
+        len(train_inputs),
+        device,
+        precision,
+        total_steps,
+    )
+
+    # ---- loop ----
+    bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning", unit="step",
+               disable=not settings.progress)  # fmt: skip
+    started = time.perf_counter()
+    while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
+        batches = bucketed_batches(
+            [len(ids) for ids in train_inputs.input_ids], micro_batch, shuffle=True, seed=settings.seed,
+            epoch=state["epoch"],
+        )  # fmt: skip
+        for first in range(0, len(batches), settings.gradient_accumulation_steps):
+            if state["step"] >= total_steps:
+                break
+            group = batches[first : first + settings.gradient_accumulation_steps]
+            lr = set_learning_rate(
+                optimizer, settings.learning_rate, learning_rate_factor(state["step"] / total_steps, settings.warmup)
+            )
+            loss_value = 0.0
+            for rows in group:
+                batch = {k: v.to(device) for k, v in collate(train_inputs, rows, tokenizer.pad_token_id).items()}
+                label_dtype = torch.float32 if settings.regression else torch.long
+                batch_labels = torch.as_tensor(targets[rows], dtype=label_dtype, device=device)
+                with autocast(precision, device):
+                    out = model(**batch, labels=batch_labels, class_weights=class_weights)
+                (out.loss / len(group)).backward()
+                loss_value += float(out.loss.detach()) / len(group)
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % settings.log_every == 0:
+                metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
+                               "loss": loss_value, "elapsed": time.perf_counter() - started})  # fmt: skip
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        state["epoch"] += 1
+
+        # ---- evaluate on dev, keep the best ----
+        if dev is not None:
+            scores = evaluate_model(model, tokenizer, dev, settings, device, precision)
+            model.train()
+            value = scores[settings.metric]
+            metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
+                           **{k: v for k, v in scores.items() if isinstance(v, float)}})  # fmt: skip
+            bar.write(f"epoch {state['epoch']}: dev {settings.metric} {value:.4f}")
+            improved = state["best"] is None or value > state["best"]
+        else:
+            improved, value = True, None
+        if improved:
+            state.update(best=value, best_epoch=state["epoch"], stale_epochs=0)
+            _save_model(model, tokenizer, run_dir / "model")
+        else:
+            state["stale_epochs"] += 1
+        _save_checkpoint(run_dir, model, optimizer, tokenizer, state)
+        if settings.early_stopping_patience is not None and state["stale_epochs"] >= settings.early_stopping_patience:
+            log.info("no better dev %s for %d epochs: stopping early", settings.metric, state["stale_epochs"])
+            break
+    bar.close()
+
+    # ---- test with the best model, report, save ----
+    best = BertForSequenceClassification.from_pretrained(run_dir / "model").to(device)
+    report: dict[str, Any] = {"best_epoch": state["best_epoch"], f"dev_{settings.metric}": state["best"]}
+    if test is not None:
+        report["test"] = evaluate_model(best, tokenizer, test, settings, device, precision)
+        print_report(report["test"], names, settings.regression, title=f"test ({test.path})")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_metrics(run_dir)
+    log.info("best model (epoch %s) saved to %s; curves in %s", state["best_epoch"], run_dir / "model", run_dir)
+    return run_dir / "model"
+
+
+def print_report(scores: dict[str, Any], names: list[str], regression: bool, title: str) -> None:
+    """The metrics and, for classes, the confusion matrix, as a terminal table."""
+    print(f"{title}:")
+    if regression:
+        print("  " + ", ".join(f"{k} {scores[k]:.4f}" for k in ("pearson", "spearman", "mse")))
+        return
+    print(f"  accuracy {scores['accuracy']:.4f}  macro-F1 {scores['macro_f1']:.4f}  "
+          f"MCC {scores['matthews_corrcoef']:.4f}  ({scores['support']} examples)")  # fmt: skip
+    print("  " + format_confusion_matrix(np.asarray(scores["confusion_matrix"]), names).replace("\n", "\n  "))
+
+
+def _fresh_head_model(model_dir: Path, label_config: dict) -> BertForSequenceClassification:
+    """A model whose classifier differs in shape from the checkpoint's: load the encoder, make a new head."""
+    encoder = BertModel.from_pretrained(model_dir)
+    model = BertForSequenceClassification(dataclasses.replace(encoder.config, **label_config))
+    model.bert.load_state_dict(encoder.state_dict())
+    return model
+
+
+def _class_weights(
+    settings: FinetuneConfig, targets: np.ndarray, classes: int, device: torch.device
+) -> torch.Tensor | None:
+    if settings.class_weights is None or settings.regression:
+        return None
+    if settings.class_weights != "balanced":
+        raise BertforgeError(f"class_weights {settings.class_weights!r}: only 'balanced' is supported")
+    counts = np.bincount(targets.astype(np.int64), minlength=classes).astype(np.float64)
+    weights = len(targets) / (classes * np.maximum(counts, 1))  # inverse frequency, mean weight 1
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _save_model(model: BertForSequenceClassification, tokenizer: BertTokenizer, folder: Path) -> None:
+    """Replace ``folder`` with the model, atomically (write beside, then swap)."""
+    temporary = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    shutil.rmtree(folder, ignore_errors=True)
+    temporary.rename(folder)
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    model: BertForSequenceClassification,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: BertTokenizer,
+    state: dict[str, Any],
+) -> None:
+    """The state after a finished epoch, for --resume (the previous epoch's checkpoint is replaced)."""
+    save_checkpoint(run_dir, state["step"], model, optimizer, state, tokenizer, keep=1)
+
+
+def _latest(run_dir: Path) -> Path | None:
+    found = latest_checkpoint(run_dir)
+    return found if found is not None and (found / TRAINING_STATE_NAME).is_file() else None

@@ -1,0 +1,190 @@
+"""Text classification: HF parity, finetune → evaluate → predict round trip, bad rows, pipelines, long texts."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from bertforge import BertConfig, BertModel
+from bertforge.classify import encode_texts, predict_logits
+from bertforge.cli import main
+from bertforge.heads import BertForSequenceClassification
+from bertforge.pipelines import pipeline
+from bertforge.tokenizer import train_tokenizer
+
+GOOD = "wonderful great moving superb charming delightful brilliant".split()
+BAD = "awful boring dull terrible tedious clumsy bland".split()
+FILLER = "the film was and a plot with acting story".split()
+HF_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+
+
+def review(rng, positive):
+    words = [str(rng.choice(GOOD if positive else BAD)) for _ in range(2)] + [str(rng.choice(FILLER)) for _ in range(4)]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny encoder with its tokenizer, and a small sentiment data set in CSV."""
+    root = tmp_path_factory.mktemp("finetune")
+    rng = np.random.default_rng(0)
+    rows = {split: [(review(rng, i % 2 == 0), "pos" if i % 2 == 0 else "neg") for i in range(n)]
+            for split, n in (("train", 96), ("dev", 24))}  # fmt: skip
+    for split, items in rows.items():
+        lines = ["text,label"] + [f"{text},{label}" for text, label in items]
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    corpus = root / "corpus.txt"
+    corpus.write_text(" ".join(GOOD + BAD + FILLER) + "\n")
+    tokenizer = train_tokenizer([corpus], 60, min_frequency=1, show_progress=False)
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig.preset("tiny", vocab_size=len(tokenizer), max_position_embeddings=64))
+    encoder.save_pretrained(root / "encoder")
+    tokenizer.save_pretrained(root / "encoder")
+    return root
+
+
+@pytest.mark.parametrize("direction", ["bertforge → transformers", "transformers → bertforge"])
+def test_logits_match_transformers(tmp_path, direction):
+    torch.manual_seed(1)
+    labels = {"id2label": {0: "neg", 1: "neutral", 2: "pos"}, "label2id": {"neg": 0, "neutral": 1, "pos": 2}}
+    if direction == "bertforge → transformers":
+        ours = BertForSequenceClassification(BertConfig(**HF_TINY, **labels)).eval()
+        ours.save_pretrained(tmp_path)
+        theirs = transformers.BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    else:
+        theirs = transformers.BertForSequenceClassification(transformers.BertConfig(**HF_TINY, **labels)).eval()
+        theirs.save_pretrained(tmp_path)
+        ours = BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert ours.config.id2label == labels["id2label"] and theirs.config.num_labels == 3
+    ids = torch.randint(5, 99, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(ids, mask).logits, theirs(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_encoder_loads_into_a_new_head_and_says_so(workspace, caplog):
+    with caplog.at_level("INFO", logger="bertforge"):
+        model = BertForSequenceClassification.from_pretrained(workspace / "encoder")
+    assert "classifier initialised fresh" in caplog.text
+    assert model.num_labels == 2
+
+
+def test_finetune_evaluate_predict_round_trip(workspace, tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
+                   str(workspace / "train.csv"), "--dev", str(workspace / "dev.csv"), "--test",
+                   str(workspace / "dev.csv"), "--out", str(out), "--epochs", "4", "--batch-size", "8",
+                   "--learning-rate", "1e-3", "--max-length", "32", "--progress", "false",
+                   "--precision", "fp32"])  # fmt: skip
+    assert status == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["test"]["accuracy"] >= 0.9, report  # the words give the label away: it must learn them
+    assert json.loads((out / "model" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+    assert (out / "curves.png").is_file()
+    capsys.readouterr()
+
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(workspace / "dev.csv")]) == 0
+    assert f"accuracy {report['test']['accuracy']:.4f}" in capsys.readouterr().out
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("wonderful superb film\nboring dull plot\nthe acting\n")
+    predictions = tmp_path / "predictions.jsonl"
+    assert main(["predict", "--model", str(out / "model"), "--input", str(texts), "--output", str(predictions),
+                 "--top-k", "2"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [r["label"] for r in records[:2]] == ["pos", "neg"]
+    assert len(records) == 3 and all(len(r["scores"]) == 2 for r in records)
+
+
+def test_resume_after_a_crash_gives_the_same_model(workspace, tmp_path, monkeypatch):
+    common = ["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
+              str(workspace / "train.csv"), "--dev", str(workspace / "dev.csv"), "--batch-size", "8",
+              "--learning-rate", "1e-3", "--max-length", "32", "--progress", "false", "--epochs", "2",
+              "--precision", "fp32"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+
+    import bertforge.finetune
+
+    evaluate, calls = bertforge.finetune.evaluate_model, []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(bertforge.finetune, "evaluate_model", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="killed"):
+        main([*common, "--out", str(tmp_path / "b")])
+    monkeypatch.setattr(bertforge.finetune, "evaluate_model", evaluate)
+    assert main([*common, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    straight = BertForSequenceClassification.from_pretrained(tmp_path / "a" / "model")
+    resumed = BertForSequenceClassification.from_pretrained(tmp_path / "b" / "model")
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, msg=name)
+    assert (tmp_path / "a" / "metrics.jsonl").read_text().count("valid") == 2
+    assert (tmp_path / "b" / "metrics.jsonl").read_text().count("valid") == 2
+
+
+def test_bad_rows_fail_with_line_numbers_or_are_skipped_and_counted(workspace, tmp_path, capsys, caplog):
+    train = tmp_path / "train.csv"
+    lines = (workspace / "train.csv").read_text().splitlines()
+    lines.insert(5, ",pos")  # missing text on physical line 6
+    train.write_text("\n".join(lines) + "\n")
+    common = ["finetune", "classification", "--model", str(workspace / "encoder"), "--train", str(train),
+              "--out", str(tmp_path / "run"), "--max-steps", "1", "--progress", "false"]  # fmt: skip
+    assert main(common) == 2
+    assert "train.csv:6" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="bertforge"):
+        assert main([*common, "--bad-rows", "skip"]) == 0
+    assert "skipped 1 bad row(s)" in caplog.text
+
+
+def test_pipeline_inputs_order_pairs_and_top_k(workspace, tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    model = BertForSequenceClassification.from_pretrained(workspace / "encoder", id2label={0: "neg", 1: "pos"},
+                                                          label2id={"neg": 0, "pos": 1})  # fmt: skip
+    model.save_pretrained(folder)
+    (folder / "vocab.txt").write_bytes((workspace / "encoder" / "vocab.txt").read_bytes())
+    classify = pipeline("sentiment-analysis", model=folder, precision="fp32")
+    texts = ["great film", "the plot was boring and the acting was awful and dull", "a", "charming"]
+    one_by_one = [classify(text) for text in texts]
+    batched = classify(texts, batch_size=2)  # batched by length internally, returned in input order
+    assert [r["label"] for r in batched] == [r["label"] for r in one_by_one]
+    np.testing.assert_allclose([r["score"] for r in batched], [r["score"] for r in one_by_one], atol=1e-5)
+    assert set(one_by_one[0]) == {"label", "score"}
+    ranked = classify("great film", top_k=None)
+    assert [r["label"] for r in ranked] != [] and abs(sum(r["score"] for r in ranked) - 1) < 1e-5
+    assert ranked[0] == one_by_one[0]
+    pair = classify(("great film", "boring plot"))
+    assert pair == classify({"text": "great film", "text_pair": "boring plot"})
+    assert pair != one_by_one[0]
+
+
+def test_long_texts_are_windowed_and_logits_averaged(workspace):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(workspace / "encoder").eval()
+    from bertforge.tokenizer import BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(workspace / "encoder")
+    short = "great film"
+    long = " ".join(["the film was great and the plot was dull"] * 6)  # ~60 tokens
+    windowed = encode_texts(tokenizer, [short, long], max_length=24, long_text="window", stride=8)
+    truncated = encode_texts(tokenizer, [short, long], max_length=24)
+    assert (windowed.source == 1).sum() > 2 and (windowed.source == 0).sum() == 1
+    logits = predict_logits(model, windowed, 2, pad_id=tokenizer.pad_token_id)
+    single = predict_logits(model, truncated, 2, pad_id=tokenizer.pad_token_id)
+    np.testing.assert_allclose(logits[0], single[0], atol=1e-5)  # a text that fits is unaffected
+    each = [predict_logits(model, type(windowed)([ids], [types], np.array([0])), 1, pad_id=0)[0]
+            for ids, types, source in zip(windowed.input_ids, windowed.token_type_ids, windowed.source, strict=True)
+            if source == 1]  # fmt: skip
+    np.testing.assert_allclose(logits[1], np.mean(each, axis=0), atol=1e-5)
+    covered = [token for ids in windowed.input_ids[1:] for token in ids[1:-1]]
+    assert set(tokenizer(long)["input_ids"][1:-1]) <= set(covered)  # every token is seen by some window
