@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bertforge.classify import collate, encode_texts, length_sorted_batches
 from bertforge.errors import BertforgeError
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
@@ -70,25 +71,14 @@ def embed_texts(
         raise BertforgeError(f"batch size must be at least 1, got {batch_size}")
     model.eval()
     device = next(model.parameters()).device
-    max_length = max_length or model.config.max_position_embeddings
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    ids, types = encoded["input_ids"], encoded["token_type_ids"]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    vectors = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    inputs = encode_texts(tokenizer, list(texts), max_length=max_length or model.config.max_position_embeddings)
+    vectors = np.zeros((len(inputs), model.config.hidden_size), dtype=np.float32)
+    batches = length_sorted_batches([len(ids) for ids in inputs.input_ids], batch_size)
     for rows in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress):
-        width = max(len(ids[i]) for i in rows)
-        input_ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)
-        token_types = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for slot, i in enumerate(rows):
-            input_ids[slot, : len(ids[i])] = ids[i]
-            token_types[slot, : len(ids[i])] = types[i]
-            mask[slot, : len(ids[i])] = 1
-        mask_t = torch.from_numpy(mask).to(device)
-        out = model(torch.from_numpy(input_ids).to(device), mask_t, torch.from_numpy(token_types).to(device))
+        batch = {name: tensor.to(device) for name, tensor in collate(inputs, rows, tokenizer.pad_token_id).items()}
+        out = model(**batch)
         if pooling == "mean":
-            weights = mask_t.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
+            weights = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
             pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1)  # (B, H)
         elif pooling == "cls":
             pooled = out.last_hidden_state[:, 0]

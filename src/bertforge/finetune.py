@@ -176,7 +176,7 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
 
     # ---- loop ----
     bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning", unit="step",
-               disable=not settings.progress)  # fmt: skip
+               disable=not settings.progress, mininterval=1.0)  # fmt: skip
     started = time.perf_counter()
     while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
         batches = bucketed_batches(

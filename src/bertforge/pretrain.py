@@ -125,6 +125,11 @@ def pretrain(settings: PretrainConfig) -> Path:
     check_tokenizer(data_dir, tokenizer)
     train_corpus, valid_corpus = ShardedCorpus(data_dir, "train"), ShardedCorpus(data_dir, "valid")
     examples = make_examples(settings, train_corpus, tokenizer)
+    if settings.next_sentence_prediction and valid_corpus.num_documents < 2:
+        raise BertforgeError(
+            f"{data_dir}: the validation split has {valid_corpus.num_documents} document(s), but evaluating "
+            "next-sentence prediction needs at least 2; re-run `bertforge data prepare` with a larger --valid-fraction"
+        )
     valid_examples = make_examples(dataclasses.replace(settings, seed=settings.seed + 1), valid_corpus, tokenizer)
     micro_batch = settings.batch_size // settings.gradient_accumulation_steps
     eval_batches = list(itertools.islice(valid_examples.batches(0, micro_batch), settings.eval_batches))
@@ -179,6 +184,7 @@ def pretrain(settings: PretrainConfig) -> Path:
         desc="pretraining",
         unit="step",
         disable=not settings.progress,
+        mininterval=1.0,
     )
     started = time.perf_counter() - elapsed
     window_tokens, window_start = 0, time.perf_counter()
@@ -219,6 +225,8 @@ def pretrain(settings: PretrainConfig) -> Path:
                 metrics.write({"step": step, "split": "train", "epoch": epoch, "lr": lr, "tokens_per_second": rate,
                                "elapsed": elapsed, **losses})  # fmt: skip
                 bar.set_postfix(loss=f"{losses['loss']:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.2e}")
+                if not math.isfinite(total_steps):  # on a time budget: estimate the total, so the bar shows an ETA
+                    bar.total = max(step, round(step / max(progress_now(), 1e-9)))
                 window_tokens, window_start = 0, time.perf_counter()
             bar.update(1)
             if step % settings.eval_every == 0 or done:

@@ -6,7 +6,8 @@
 4. tokenize the corpus into shards;
 5. pretrain a small BERT from scratch with MLM + NSP (bundled config ``pretrain-cpu``);
 6. report validation MLM / NSP accuracy against the unigram baseline, and run fill-mask;
-7. load a real pretrained encoder (all-MiniLM-L6-v2) into bertforge and run a semantic search.
+7. load a real pretrained encoder (all-MiniLM-L6-v2) into bertforge and run a semantic search;
+8. fine-tune it for sentiment on Rotten Tomatoes and classify a few sentences with the pipeline.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import numpy as np
 from bertforge.assets import fetch
 from bertforge.data.shards import ShardedCorpus, prepare_corpus
 from bertforge.embeddings import embed_texts
+from bertforge.finetune import finetune_classification
 from bertforge.model import BertModel
 from bertforge.pipelines import pipeline
 from bertforge.pretrain import pretrain
 from bertforge.recipe_config import bundled_config, load_recipe_config
-from bertforge.settings import PretrainConfig
+from bertforge.settings import FinetuneConfig, PretrainConfig
 from bertforge.tokenizer import BertTokenizer, train_tokenizer
 
 FILL_MASK_EXAMPLES = (
@@ -37,6 +39,12 @@ FILL_MASK_EXAMPLES = (
     "The war ended in [MASK].",
 )
 SEARCH_QUERIES = ("a heartwarming story with wonderful acting", "boring and far too long")
+SENTIMENT_EXAMPLES = (
+    "I love this product!",
+    "A moving, beautifully acted film.",
+    "The plot is a mess and the jokes fall flat.",
+    "Not as bad as I feared, but not good either.",
+)
 
 
 @contextmanager
@@ -80,12 +88,12 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
         train, valid = manifest.splits["train"], manifest.splits["valid"]
         print(f"   train: {train.documents} documents, {train.tokens:,} tokens; valid: {valid.documents} documents")
 
-    settings = load_recipe_config(PretrainConfig, bundled_config("pretrain-cpu"))
-    settings.data, settings.out, settings.progress = str(shards), str(out / "pretrain"), True
+    overrides = ["--data", str(shards), "--out", str(out / "pretrain")]
     if smoke:
-        settings.max_minutes, settings.max_steps, settings.eval_every = None, 30, 15
+        overrides += ["--max-minutes", "null", "--max-steps", "30", "--eval-every", "15"]
     elif minutes is not None:
-        settings.max_minutes = minutes
+        overrides += ["--max-minutes", str(minutes)]
+    settings = load_recipe_config(PretrainConfig, bundled_config("pretrain-cpu"), overrides)
     budget = f"{settings.max_minutes:g} minutes" if settings.max_minutes else f"{settings.max_steps} steps"
     with stage(f"5. Pretrain BERT-{settings.model} from scratch with MLM + NSP for {budget}"):
         model_dir = pretrain(settings)
@@ -110,6 +118,18 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
         for query, similarity in zip(SEARCH_QUERIES, queries @ vectors.T, strict=True):
             best = int(np.argmax(similarity))
             print(f"   {query!r} → {similarity[best]:.2f} {sentences[best][:80]!r}")
+
+    epochs = 0.05 if smoke else 2.0
+    with stage(f"8. Fine-tune MiniLM-L6 for sentiment on Rotten Tomatoes ({epochs:g} epochs), then classify"):
+        finetuned = finetune_classification(
+            FinetuneConfig(
+                model=str(minilm), train="rotten_tomatoes", out=str(out / "sentiment"), epochs=epochs,
+                batch_size=32, learning_rate=5e-5, max_length=64, seed=0,
+            )
+        )  # fmt: skip
+        classify = pipeline("sentiment-analysis", model=finetuned)
+        for text, result in zip(SENTIMENT_EXAMPLES, classify(list(SENTIMENT_EXAMPLES)), strict=True):
+            print(f"   {text:<48} → {result['label']} ({result['score']:.2f})")
     print(f"\nquickstart finished in {(time.perf_counter() - total) / 60:.1f} minutes; everything is in {out}")
 
 
