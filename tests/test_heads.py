@@ -119,5 +119,5 @@ def test_encoder_without_mlm_head_cannot_serve_as_masked_lm(tmp_path):
     from bertforge import BertforgeError, BertModel
 
     BertModel(BertConfig(**HF_TINY)).save_pretrained(tmp_path)
-    with pytest.raises(BertforgeError, match=r"missing weights: mlm\.transform\.weight"):
+    with pytest.raises(BertforgeError, match=r"missing weights: mlm\.bias, mlm\.transform\.weight"):
         BertForMaskedLM.from_pretrained(tmp_path)

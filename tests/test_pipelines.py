@@ -1,5 +1,6 @@
 """Pipelines: fill-mask on English and Chinese, results in input order, clear messages for misuse."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,7 +41,13 @@ def test_fill_mask_matches_the_model_probabilities_and_keeps_input_order(tmp_pat
     fill = pipeline("fill-mask", model=folder)
     texts = ["the [MASK] sat on the mat.", "a [MASK] flew over the [MASK].", "the dog sat on the [MASK]."]
     batched = fill(texts, top_k=2, batch_size=2)
-    assert [fill(text, top_k=2) for text in texts] == batched
+    alone = [fill(text, top_k=2) for text in texts]
+
+    def flat(results):  # padding in a batch changes scores by float rounding only
+        return [c for r in results for group in (r if isinstance(r[0], list) else [r]) for c in group]
+
+    assert [c["sequence"] for c in flat(alone)] == [c["sequence"] for c in flat(batched)]
+    np.testing.assert_allclose([c["score"] for c in flat(alone)], [c["score"] for c in flat(batched)], atol=1e-5)
     assert len(batched[1]) == 2 and len(batched[1][0]) == 2  # two masks, two candidates each
 
     model = BertForPreTraining.from_pretrained(folder).eval()

@@ -294,12 +294,8 @@ def load_state_strictly(
             "check that config.json belongs to these weights"
         )
     if skipped_heads:
-        log.info(
-            "%s: skipped %d task-head weights not used by %s",
-            source,
-            len(skipped_heads),
-            type(model).__name__,
-        )
+        heads = sorted({_head_of(name).rstrip(".") for name in skipped_heads})
+        log.info("%s: %s not used by %s, skipped", source, ", ".join(heads), type(model).__name__)
     if fresh:
         parts = sorted({name.rsplit(".", 1)[0] for name in fresh})
         log.info("%s: %s initialised fresh (not in the checkpoint); fine-tune before use", source, ", ".join(parts))
