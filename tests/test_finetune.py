@@ -79,7 +79,7 @@ def test_finetune_evaluate_predict_round_trip(workspace, tmp_path, capsys):
     out = tmp_path / "run"
     status = main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
                    str(workspace / "train.csv"), "--dev", str(workspace / "dev.csv"), "--test",
-                   str(workspace / "dev.csv"), "--out", str(out), "--epochs", "4", "--batch-size", "8",
+                   str(workspace / "dev.csv"), "--out", str(out), "--epochs", "8", "--batch-size", "8",
                    "--learning-rate", "1e-3", "--max-length", "32", "--progress", "false",
                    "--precision", "fp32"])  # fmt: skip
     assert status == 0
