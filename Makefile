@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: quickstart smoke test lint format clean
+.PHONY: quickstart smoke test bench lint format clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) -m bench.pretrain_step
+	$(PY) -m bench.finetune_sentiment
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
