@@ -119,3 +119,25 @@ def test_every_parameter_gets_a_gradient():
 def test_bad_inputs_say_what_to_change(ids, message):
     with pytest.raises(BertforgeError, match=message):
         tiny_model()(ids)
+
+
+def test_recomputed_attention_dropout_gives_the_same_gradients(monkeypatch):
+    """On the CPU, attention with dropout is recomputed in the backward pass to save memory; the dropout mask must
+    be the one the forward pass drew, so loss and gradients equal those of the plain computation."""
+    import bertforge.model
+
+    def run():
+        torch.manual_seed(0)
+        model = tiny_model(attention_probs_dropout_prob=0.3, hidden_dropout_prob=0.0).train()
+        ids, types = random_batch()
+        torch.manual_seed(1)
+        loss = model(ids, torch.ones_like(ids), types).last_hidden_state.pow(2).mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    recomputed_loss, recomputed = run()
+    monkeypatch.setattr(bertforge.model, "checkpoint", lambda f, *args, use_reentrant, **kwargs: f(*args, **kwargs))
+    plain_loss, plain = run()
+    torch.testing.assert_close(recomputed_loss, plain_loss, rtol=0, atol=0)
+    for name, grad in plain.items():
+        torch.testing.assert_close(recomputed[name], grad, msg=name)
