@@ -207,8 +207,10 @@ def evaluate(
     long_text: str = "truncate",
     bad_rows: str = "fail",
 ) -> None:
-    """Score a fine-tuned classifier on a labelled file: accuracy, macro-F1, MCC and the confusion matrix
-    (Pearson and Spearman for regression). --data also takes a catalogue split such as rotten_tomatoes:test.
+    """Score a fine-tuned classifier on a labelled file, with its confusion matrix.
+
+    Prints accuracy, macro-F1 and MCC (Pearson and Spearman for regression). --data also takes a catalogue
+    split such as rotten_tomatoes:test.
     """
     from bertforge.finetune import evaluate_model, print_report, read_split
     from bertforge.heads import BertForSequenceClassification

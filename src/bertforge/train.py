@@ -12,8 +12,6 @@ import math
 import os
 import random
 import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,28 +238,5 @@ def plot_metrics(run_dir: Path) -> Path:
     return output
 
 
-class Throughput:
-    """Tokens per second over a sliding window of recent steps."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.tokens = 0
-
-    def add(self, tokens: int) -> None:
-        self.tokens += tokens
-
-    def rate(self) -> float:
-        seconds = time.perf_counter() - self.started
-        return self.tokens / seconds if seconds > 0 else 0.0
-
-    def reset(self) -> None:
-        self.started, self.tokens = time.perf_counter(), 0
-
-
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(array).to(device, non_blocking=True) for name, array in batch.items()}
-
-
-def iterate_forever(items: list) -> Iterator:
-    while True:
-        yield from items
