@@ -121,3 +121,50 @@ def test_encoder_without_mlm_head_cannot_serve_as_masked_lm(tmp_path):
     BertModel(BertConfig(**HF_TINY)).save_pretrained(tmp_path)
     with pytest.raises(BertforgeError, match=r"missing weights: mlm\.bias, mlm\.transform\.weight"):
         BertForMaskedLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("direction", ["bertforge → transformers", "transformers → bertforge"])
+@pytest.mark.parametrize("task", ["token-classification", "question-answering"])
+def test_task_heads_match_transformers(tmp_path, direction, task):
+    from bertforge.heads import BertForQuestionAnswering, BertForTokenClassification
+
+    labels = {"id2label": {0: "O", 1: "B-PER", 2: "I-PER"}, "label2id": {"O": 0, "B-PER": 1, "I-PER": 2}}
+    if task == "question-answering":
+        labels = {}  # transformers sizes qa_outputs by num_labels (2 by default): start and end
+    ours_class, theirs_class = {
+        "token-classification": (BertForTokenClassification, transformers.BertForTokenClassification),
+        "question-answering": (BertForQuestionAnswering, transformers.BertForQuestionAnswering),
+    }[task]
+    torch.manual_seed(5)
+    if direction == "bertforge → transformers":
+        ours = ours_class(BertConfig(**HF_TINY, **labels)).eval()
+        ours.save_pretrained(tmp_path)
+        theirs = theirs_class.from_pretrained(tmp_path).eval()
+    else:
+        theirs = theirs_class(transformers.BertConfig(**HF_TINY, **labels)).eval()
+        theirs.save_pretrained(tmp_path)
+        ours = ours_class.from_pretrained(tmp_path).eval()
+    ids, mask, types, _, _ = batch(seed=6)
+    with torch.no_grad():
+        mine = ours(ids, mask, types)
+        reference = theirs(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    real = mask.bool()
+    if task == "token-classification":
+        torch.testing.assert_close(mine.logits[real], reference.logits[real], atol=1e-5, rtol=1e-5)
+        tags = torch.randint(0, 3, ids.shape)
+        tags[~real] = IGNORE_INDEX
+        with torch.no_grad():
+            torch.testing.assert_close(
+                ours(ids, mask, types, labels=tags).loss,
+                theirs(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=tags).loss,
+            )
+    else:
+        torch.testing.assert_close(mine.start_logits[real], reference.start_logits[real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine.end_logits[real], reference.end_logits[real], atol=1e-5, rtol=1e-5)
+        starts, ends = torch.tensor([1, 3, 40]), torch.tensor([2, 5, 41])  # the last lies outside: ignored
+        with torch.no_grad():
+            torch.testing.assert_close(
+                ours(ids, mask, types, start_positions=starts, end_positions=ends).loss,
+                theirs(input_ids=ids, attention_mask=mask, token_type_ids=types, start_positions=starts,
+                       end_positions=ends).loss,
+            )  # fmt: skip

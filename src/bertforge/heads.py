@@ -199,3 +199,88 @@ class BertForSequenceClassification(BertPreTrainedModel):
             else:
                 loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
         return SequenceClassifierOutput(logits=logits, loss=loss)
+
+
+@dataclass
+class TokenClassifierOutput:
+    """What :class:`BertForTokenClassification` returns."""
+
+    logits: Tensor  # (B, T, num_labels)
+    loss: Tensor | None = None  # mean cross-entropy over labelled tokens (label IGNORE_INDEX is skipped)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    """Named-entity recognition and other tagging: dropout + linear over every token vector (BERT, section 4.3)."""
+
+    initialised_if_missing = ("classifier.",)
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_labels = len(config.id2label) if config.id2label else 2
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> TokenClassifierOutput:
+        """Args as :meth:`BertModel.forward`, plus (B, T) ``labels`` (IGNORE_INDEX on tokens without a label,
+        such as special tokens and the second and later pieces of a word)."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return TokenClassifierOutput(logits=logits, loss=loss)
+
+
+@dataclass
+class QuestionAnsweringOutput:
+    """What :class:`BertForQuestionAnswering` returns."""
+
+    start_logits: Tensor  # (B, T) score of each token as the answer's first token
+    end_logits: Tensor  # (B, T) score of each token as the answer's last token
+    loss: Tensor | None = None  # mean of the start and end cross-entropies, when positions are given
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Extractive question answering: a linear layer gives every token a start and an end score (BERT, 4.2)."""
+
+    initialised_if_missing = ("qa_outputs.",)
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        start_positions: Tensor | None = None,
+        end_positions: Tensor | None = None,
+    ) -> QuestionAnsweringOutput:
+        """Args as :meth:`BertModel.forward`, plus (B,) answer ``start_positions`` / ``end_positions`` (token
+        indices; 0, the [CLS] token, marks "no answer in this window")."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
+        start_logits, end_logits = self.qa_outputs(hidden).unbind(-1)  # 2 × (B, T)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            length = start_logits.shape[1]
+            # Positions outside the window (clamped to T) are ignored, as in the original implementation.
+            start = start_positions.clamp(0, length)
+            end = end_positions.clamp(0, length)
+            loss = (
+                F.cross_entropy(start_logits.float(), start, ignore_index=length)
+                + F.cross_entropy(end_logits.float(), end, ignore_index=length)
+            ) / 2
+        return QuestionAnsweringOutput(start_logits=start_logits, end_logits=end_logits, loss=loss)
