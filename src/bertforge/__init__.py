@@ -16,17 +16,29 @@ _EXPORTS = {
     "BertforgeError": "bertforge.errors",
     "BertModel": "bertforge.model",
     "BertModelOutput": "bertforge.model",
+    "BertForPreTraining": "bertforge.heads",
+    "BertForMaskedLM": "bertforge.heads",
+    "BertForSequenceClassification": "bertforge.heads",
+    "BertForTokenClassification": "bertforge.heads",
+    "BertForQuestionAnswering": "bertforge.heads",
+    "pipeline": "bertforge.pipelines",
     "BertTokenizer": "bertforge.tokenizer",
     "train_tokenizer": "bertforge.tokenizer",
     "embed_texts": "bertforge.embeddings",
 }
 __all__ = [
     "BertConfig",
+    "BertForMaskedLM",
+    "BertForPreTraining",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
     "BertModel",
     "BertModelOutput",
     "BertTokenizer",
     "BertforgeError",
     "embed_texts",
+    "pipeline",
     "train_tokenizer",
 ]
 
@@ -34,7 +46,15 @@ if TYPE_CHECKING:
     from bertforge.config import BertConfig
     from bertforge.embeddings import embed_texts
     from bertforge.errors import BertforgeError
+    from bertforge.heads import (
+        BertForMaskedLM,
+        BertForPreTraining,
+        BertForQuestionAnswering,
+        BertForSequenceClassification,
+        BertForTokenClassification,
+    )
     from bertforge.model import BertModel, BertModelOutput
+    from bertforge.pipelines import pipeline
     from bertforge.tokenizer import BertTokenizer, train_tokenizer
 
 
