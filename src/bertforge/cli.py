@@ -257,6 +257,8 @@ def predict(
     from bertforge.pipelines import pipeline
 
     lines = sys.stdin.read().splitlines() if input == "-" else read_text_lines(input)
+    if not lines:
+        raise BertforgeError("no input: give one text per line on standard input, or --input FILE")
     items: list[Any] = lines
     if input.endswith(".jsonl"):
         items = []
