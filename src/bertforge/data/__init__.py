@@ -6,6 +6,7 @@
     masking.py     masked-language-model masking of a batch
     classification.py  CSV / TSV / JSONL text-classification files; length-bucketed batches
     catalogue.py   named datasets (rotten_tomatoes, imdb) with fixed, deterministic splits
+    tagging.py     CoNLL / BMES tagged sentences, tag-scheme conversion and repair, entity spans
 
 Import from the modules themselves (``from bertforge.data.shards import prepare_corpus``); this package imports
 nothing, so loading one stage never pulls in the others.
