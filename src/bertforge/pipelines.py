@@ -13,15 +13,17 @@ import numpy as np
 import torch
 
 from bertforge.assets import resolve_model_dir
-from bertforge.classify import encode_texts, predict_logits, softmax
+from bertforge.classify import EncodedInputs, collate, encode_texts, length_sorted_batches, predict_logits, softmax
+from bertforge.data.tagging import OUTSIDE, chunk_entities
 from bertforge.embeddings import embed_texts
 from bertforge.errors import BertforgeError
-from bertforge.heads import BertForMaskedLM, BertForSequenceClassification
+from bertforge.heads import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import autocast, pick_device, pick_precision
 
-TASKS = ("sentiment-analysis", "text-classification", "fill-mask", "feature-extraction")
+TASKS = ("sentiment-analysis", "text-classification", "ner", "token-classification", "fill-mask", "feature-extraction")
+AGGREGATIONS = ("none", "simple", "first", "average", "max")
 HOW_TO_GET_A_MODEL = {
     "sentiment-analysis": "fine-tune one first, e.g. `bertforge finetune classification --model all-MiniLM-L6-v2 "
     "--train rotten_tomatoes --out runs/sentiment`, then pass model='runs/sentiment/model'",
@@ -29,6 +31,9 @@ HOW_TO_GET_A_MODEL = {
     "feature-extraction": "pass any BERT checkpoint folder, or the packaged 'all-MiniLM-L6-v2'",
 }
 HOW_TO_GET_A_MODEL["text-classification"] = HOW_TO_GET_A_MODEL["sentiment-analysis"]
+HOW_TO_GET_A_MODEL["ner"] = HOW_TO_GET_A_MODEL["token-classification"] = (
+    "pass a folder with a BertForTokenClassification checkpoint (its config.json lists the tags)"
+)
 
 
 def pipeline(
@@ -39,7 +44,8 @@ def pipeline(
     precision: str = "fp32",
     max_length: int | None = None,
     long_text: str = "truncate",
-) -> TextClassificationPipeline | FillMaskPipeline | FeatureExtractionPipeline:
+    aggregation: str = "simple",
+) -> TextClassificationPipeline | TokenClassificationPipeline | FillMaskPipeline | FeatureExtractionPipeline:
     """Build the pipeline for ``task`` from a checkpoint folder (or a packaged model's name).
 
     ``max_length`` and ``long_text`` ("truncate" or "window") apply to text classification; they default to
@@ -56,6 +62,12 @@ def pipeline(
         return FillMaskPipeline(BertForMaskedLM.from_pretrained(folder), tokenizer, target, precision)
     if task == "feature-extraction":
         return FeatureExtractionPipeline(BertModel.from_pretrained(folder), tokenizer, target, precision)
+    if task in ("ner", "token-classification"):
+        tagger = BertForTokenClassification.from_pretrained(folder)
+        return TokenClassificationPipeline(
+            tagger, tokenizer, target, precision, aggregation=aggregation,
+            max_length=max_length or tokenizer.model_max_length,
+        )  # fmt: skip
     classifier = BertForSequenceClassification.from_pretrained(folder)
     if not classifier.config.id2label:
         raise BertforgeError(f"{folder}: has no labels in config.json; {HOW_TO_GET_A_MODEL[task]}")
@@ -123,6 +135,101 @@ class TextClassificationPipeline:
         order = np.argsort(-probabilities)[: top_k or len(self.labels)]
         ranked = [{"label": self.labels[i], "score": float(probabilities[i])} for i in order]
         return ranked[0] if top_k == 1 else ranked
+
+
+class TokenClassificationPipeline:
+    """Find entities (or any token tags) in text, with exact character offsets into the original string.
+
+    ``aggregation="none"`` lists every word piece tagged other than O. The other modes work on whole words, so
+    an entity never splits a word: a word's tag comes from its first piece ("first"), the mean of its pieces'
+    probabilities ("average" and "simple"), or its most confident piece ("max"); consecutive words then form
+    entities, invalid tag sequences (an I- without a B-) read leniently as in seqeval. Chinese text is tagged
+    character by character, since every CJK character is a word to the tokenizer. Texts longer than
+    ``max_length`` are cut into overlapping windows; a token seen by several windows gets their mean probability.
+    """
+
+    def __init__(
+        self,
+        model: BertForTokenClassification,
+        tokenizer: BertTokenizer,
+        device: torch.device,
+        precision: str,
+        *,
+        aggregation: str = "simple",
+        max_length: int = 512,
+        stride: int | None = None,
+    ) -> None:
+        if aggregation not in AGGREGATIONS:
+            raise BertforgeError(f"aggregation {aggregation!r} is not one of {AGGREGATIONS}")
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.precision = pick_precision(precision, device)
+        self.aggregation = aggregation
+        self.max_length = min(max_length, model.config.max_position_embeddings)
+        self.stride = stride if stride is not None else self.max_length // 4
+        self.labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+
+    @torch.inference_mode()
+    def __call__(self, inputs: str | Sequence[str], batch_size: int = 32) -> list:
+        """A list of entity dicts for a text, or one such list per text for a list of texts."""
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, stride=self.stride,
+            return_overflowing_tokens=True, return_offsets_mapping=True,
+        )  # fmt: skip
+        windows = EncodedInputs(
+            encoded["input_ids"], encoded["token_type_ids"], np.asarray(encoded["overflow_to_sample_mapping"])
+        )
+        probabilities = [np.zeros(0)] * len(windows)
+        for rows in length_sorted_batches([len(ids) for ids in windows.input_ids], batch_size):
+            batch = {k: v.to(self.device) for k, v in collate(windows, rows, self.tokenizer.pad_token_id).items()}
+            with autocast(self.precision, self.device):
+                logits = self.model(**batch).logits.float().softmax(-1).cpu().numpy()  # (B, T, C)
+            for slot, row in enumerate(rows):
+                probabilities[row] = logits[slot, : len(windows.input_ids[row])]
+        # Per text: every real token, keyed by (word, start, end), with its probabilities averaged over windows.
+        tokens: list[dict[tuple[int, int, int], list[np.ndarray]]] = [{} for _ in texts]
+        for window, text_index in enumerate(windows.source):
+            word_ids = encoded.word_ids(window)
+            for position, (start, end) in enumerate(encoded["offset_mapping"][window]):
+                if word_ids[position] is not None:
+                    tokens[text_index].setdefault((word_ids[position], start, end), []).append(
+                        probabilities[window][position]
+                    )
+        results = [self._entities(text, found) for text, found in zip(texts, tokens, strict=True)]
+        return results[0] if isinstance(inputs, str) else results
+
+    def _entities(self, text: str, found: dict[tuple[int, int, int], list[np.ndarray]]) -> list[dict[str, Any]]:
+        pieces = sorted((start, end, word, np.mean(probs, axis=0)) for (word, start, end), probs in found.items())
+        if self.aggregation == "none":
+            entities = []
+            for index, (start, end, _, probs) in enumerate(pieces):
+                label = self.labels[int(probs.argmax())]
+                if label != OUTSIDE:
+                    entities.append({"entity": label, "score": float(probs.max()), "index": index,
+                                     "word": text[start:end], "start": start, "end": end})  # fmt: skip
+            return entities
+        by_word: dict[int, list[tuple[int, int, int, np.ndarray]]] = {}
+        for piece in pieces:
+            by_word.setdefault(piece[2], []).append(piece)
+        words: list[tuple[int, int, np.ndarray]] = []  # (start, end, probabilities) per word, in text order
+        for members in by_word.values():
+            stacked = np.stack([piece[3] for piece in members])  # (pieces, C)
+            if self.aggregation == "first":
+                probs = stacked[0]
+            elif self.aggregation == "max":
+                probs = stacked[int(stacked.max(axis=1).argmax())]
+            else:
+                probs = stacked.mean(axis=0)
+            words.append((members[0][0], max(piece[1] for piece in members), probs))
+        tags = [self.labels[int(probs.argmax())] for _, _, probs in words]
+        entities = []
+        for kind, first, last in chunk_entities(tags):
+            start, end = words[first][0], words[last - 1][1]
+            score = float(np.mean([words[i][2].max() for i in range(first, last)]))
+            entities.append({"entity_group": kind, "score": score, "word": text[start:end], "start": start, "end": end})
+        return entities
 
 
 def _split_input(item: TextInput) -> tuple[str, str | None]:
