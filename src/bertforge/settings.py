@@ -114,3 +114,39 @@ class FinetuneConfig:
             self.metric = "pearson"
         if self.metric not in metrics:
             raise BertforgeError(f"metric {self.metric!r} does not fit this task; choose one of {metrics}")
+
+
+@dataclass
+class NerConfig:
+    """Settings of a named-entity-recognition (token tagging) fine-tuning run."""
+
+    model: str = ""  # checkpoint folder (or packaged model name) to start from; its tokenizer is used
+    train: str = ""  # CoNLL-style file: token and tag per line, blank line between sentences
+    dev: str | None = None  # evaluated after each epoch (entity F1 picks the best epoch)
+    test: str | None = None  # evaluated once at the end with the best model
+    out: str = "runs/ner"  # run folder: best model/, checkpoints, metrics.jsonl, curves.png, report.json
+    token_column: int = 0  # column holding the token
+    tag_column: int = -1  # column holding the tag (IO, BIO, BIOES or BMES; converted to BIO internally)
+    label_all_pieces: bool = False  # train on every word piece, not only the first piece of each word
+    max_length: int = 128  # tokens per window, [CLS]/[SEP] included
+    window_stride: int = 32  # tokens shared by consecutive windows of a long sentence
+    epochs: float = 3.0  # passes over the training data
+    max_steps: int | None = None  # stop after this many optimizer steps instead
+    batch_size: int = 32  # windows per optimizer step
+    learning_rate: float = 5e-5  # peak learning rate after warm-up
+    warmup: float = 0.1  # share of training spent warming the learning rate up linearly
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
+    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    early_stopping_patience: int | None = None  # stop after this many epochs without a better dev entity F1
+    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
+    device: str = "auto"  # auto, cpu, cuda, ...
+    eval_batch_size: int = 64  # windows per forward pass when evaluating
+    log_every: int = 10  # steps between training-loss records
+    seed: int = 0  # seeds the new head, batch order and dropout
+    progress: bool = True  # show progress bars
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.train:
+            raise BertforgeError("NER fine-tuning needs --model (a checkpoint folder) and --train (a CoNLL file)")
+        if not 0 <= self.window_stride < self.max_length // 2:
+            raise BertforgeError(f"window_stride must be between 0 and max_length / 2, got {self.window_stride}")

@@ -1,0 +1,231 @@
+"""The named-entity-recognition recipe: a pretrained encoder + a per-token classifier → a tagger.
+
+Straight-line: read CoNLL files (tags converted to BIO) → encode sentences into windows, labelling the first
+word piece of each word (the others are ignored, -100, unless ``label_all_pieces``) → train, evaluating entity F1
+(seqeval's definition) on dev after each epoch and keeping the best → test → save.
+
+Words are matched to word pieces through character offsets: the sentence is rebuilt by joining its words with
+spaces, and a piece belongs to the word whose characters contain the piece's first character. So a CoNLL word
+that BERT's pre-tokenizer splits further ("U.S." → U . S .) still gets exactly one labelled piece.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bertforge.assets import resolve_model_dir
+from bertforge.classify import EncodedInputs, collate, length_sorted_batches
+from bertforge.data.classification import bucketed_batches
+from bertforge.data.tagging import OUTSIDE, TaggedSentence, detect_scheme, read_conll, repair_bio, to_bio
+from bertforge.errors import BertforgeError
+from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
+from bertforge.ner_metrics import entity_scores
+from bertforge.settings import NerConfig
+from bertforge.tokenizer import BertTokenizer
+from bertforge.train import (
+    MetricsLog,
+    autocast,
+    build_optimizer,
+    learning_rate_factor,
+    pick_device,
+    pick_precision,
+    plot_metrics,
+    seed_everything,
+    set_learning_rate,
+)
+
+log = logging.getLogger("bertforge")
+
+
+@dataclass
+class EncodedSentences:
+    """Windows of word pieces, and for each piece the word it starts (or -1)."""
+
+    inputs: EncodedInputs  # token ids per window; ``source`` is the sentence of each window
+    first_piece_of: list[np.ndarray]  # per window (T,): index of the word whose first piece this is, else -1
+    word_of: list[np.ndarray]  # per window (T,): index of the word the piece belongs to, -1 for specials
+
+
+def encode_sentences(
+    tokenizer: BertTokenizer, sentences: list[TaggedSentence], max_length: int, stride: int
+) -> EncodedSentences:
+    texts, word_starts = [], []
+    for sentence in sentences:
+        starts = np.cumsum([0] + [len(word) + 1 for word in sentence.tokens[:-1]])
+        texts.append(" ".join(sentence.tokens))
+        word_starts.append(starts)
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, stride=stride,
+                        return_overflowing_tokens=True, return_offsets_mapping=True)  # fmt: skip
+    source = np.asarray(encoded["overflow_to_sample_mapping"])
+    first_piece_of, word_of = [], []
+    for window, sentence in enumerate(source):
+        offsets = np.asarray(encoded["offset_mapping"][window]).reshape(-1, 2)  # (T, 2)
+        special = np.asarray([w is None for w in encoded.word_ids(window)])
+        words = np.searchsorted(word_starts[sentence], offsets[:, 0], side="right") - 1
+        words = np.where(special, -1, words)
+        starts_word = ~special & (offsets[:, 0] == word_starts[sentence][np.maximum(words, 0)])
+        word_of.append(words)
+        first_piece_of.append(np.where(starts_word, words, -1))
+    return EncodedSentences(EncodedInputs(encoded["input_ids"], encoded["token_type_ids"], source), first_piece_of,
+                            word_of)  # fmt: skip
+
+
+def window_labels(encoded: EncodedSentences, tags: list[list[int]], label_all_pieces: bool) -> list[np.ndarray]:
+    """Per window (T,): the tag id of the word each labelled piece belongs to, IGNORE_INDEX elsewhere."""
+    labels = []
+    for window, sentence in enumerate(encoded.inputs.source):
+        pieces = encoded.word_of[window] if label_all_pieces else encoded.first_piece_of[window]
+        sentence_tags = np.asarray(tags[sentence])
+        labels.append(np.where(pieces >= 0, sentence_tags[np.maximum(pieces, 0)], IGNORE_INDEX))
+    return labels
+
+
+@torch.inference_mode()
+def predict_tags(
+    model: BertForTokenClassification,
+    encoded: EncodedSentences,
+    sentences: list[TaggedSentence],
+    labels: list[str],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+) -> list[list[str]]:
+    """BIO tags per word; a word seen by several windows gets the mean of its first pieces' logits."""
+    model.eval()
+    totals = [np.zeros((len(s.tokens), len(labels)), dtype=np.float32) for s in sentences]
+    counts = [np.zeros(len(s.tokens), dtype=np.int64) for s in sentences]
+    for rows in length_sorted_batches([len(ids) for ids in encoded.inputs.input_ids], batch_size):
+        batch = {k: v.to(device) for k, v in collate(encoded.inputs, rows, pad_id).items()}
+        with autocast(precision, device):
+            logits = model(**batch).logits.float().cpu().numpy()  # (B, T, C)
+        for slot, window in enumerate(rows):
+            sentence, words = encoded.inputs.source[window], encoded.first_piece_of[window]
+            positions = np.flatnonzero(words >= 0)
+            np.add.at(totals[sentence], words[positions], logits[slot, positions])
+            np.add.at(counts[sentence], words[positions], 1)
+    predictions = []
+    for total, count in zip(totals, counts, strict=True):
+        # A word with no piece (its characters all removed by normalisation) is predicted outside any entity.
+        ids = np.where(count > 0, total.argmax(-1), labels.index(OUTSIDE) if OUTSIDE in labels else 0)
+        predictions.append(repair_bio([labels[i] for i in ids]))
+    return predictions
+
+
+def read_bio(path: str, settings: NerConfig, scheme: str | None) -> tuple[list[TaggedSentence], str]:
+    sentences = read_conll(path, token_column=settings.token_column, tag_column=settings.tag_column)
+    scheme = scheme or detect_scheme(tag for s in sentences for tag in s.tags)
+    return [dataclasses.replace(s, tags=to_bio(s.tags, scheme)) for s in sentences], scheme
+
+
+def finetune_ner(settings: NerConfig) -> Path:
+    """Fine-tune a tagger; return the folder of the best model (Hugging Face layout, tokenizer included)."""
+    # ---- setup ----
+    run_dir = Path(settings.out)
+    seed_everything(settings.seed)
+    device = pick_device(settings.device)
+    precision = pick_precision(settings.precision, device)
+    model_dir = resolve_model_dir(settings.model)
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    train, scheme = read_bio(settings.train, settings, None)
+    labels = [OUTSIDE, *sorted({tag for s in train for tag in s.tags} - {OUTSIDE})]
+    dev = read_bio(settings.dev, settings, scheme)[0] if settings.dev else None
+    test = read_bio(settings.test, settings, scheme)[0] if settings.test else None
+    for name, sentences in (("dev", dev), ("test", test)):
+        unknown = {tag for s in sentences or [] for tag in s.tags} - set(labels)
+        if unknown:
+            raise BertforgeError(f"{name} file has tags the training file lacks: {', '.join(sorted(unknown))}")
+    label_config = {"id2label": dict(enumerate(labels)), "label2id": {t: i for i, t in enumerate(labels)}}
+    model = BertForTokenClassification.from_pretrained(model_dir, **label_config).to(device).train()
+    optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
+
+    encoded = encode_sentences(tokenizer, train, settings.max_length, settings.window_stride)
+    targets = window_labels(encoded, [[labels.index(t) for t in s.tags] for s in train], settings.label_all_pieces)
+    steps_per_epoch = math.ceil(len(encoded.inputs) / settings.batch_size)
+    total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
+    metrics = MetricsLog(run_dir)
+    (run_dir / "ner_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    log.info(
+        "fine-tuning %s for %d tags (%s in the files) on %d sentences (%d windows) on %s in %s; %d steps",
+        model_dir, len(labels), scheme, len(train), len(encoded.inputs), device, precision, total_steps,
+    )  # fmt: skip
+
+    def evaluate(sentences: list[TaggedSentence]) -> dict[str, Any]:
+        windows = encode_sentences(tokenizer, sentences, settings.max_length, settings.window_stride)
+        predicted = predict_tags(model, windows, sentences, labels, pad_id=tokenizer.pad_token_id,
+                                 batch_size=settings.eval_batch_size, device=device, precision=precision)  # fmt: skip
+        model.train()
+        return entity_scores([s.tags for s in sentences], predicted)
+
+    # ---- loop ----
+    step, epoch, best, best_epoch, stale = 0, 0, None, None, 0
+    bar = tqdm(total=int(total_steps), desc="fine-tuning NER", unit="step", disable=not settings.progress,
+               mininterval=1.0)  # fmt: skip
+    started = time.perf_counter()
+    while step < total_steps and epoch < math.ceil(settings.epochs):
+        lengths = [len(ids) for ids in encoded.inputs.input_ids]
+        for rows in bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed, epoch=epoch):
+            if step >= total_steps:
+                break
+            lr = set_learning_rate(optimizer, settings.learning_rate,
+                                   learning_rate_factor(step / total_steps, settings.warmup))  # fmt: skip
+            batch = {k: v.to(device) for k, v in collate(encoded.inputs, rows, tokenizer.pad_token_id).items()}
+            width = batch["input_ids"].shape[1]
+            label_rows = [np.pad(targets[r], (0, width - len(targets[r])), constant_values=IGNORE_INDEX) for r in rows]
+            with autocast(precision, device):
+                out = model(**batch, labels=torch.as_tensor(np.stack(label_rows), device=device))
+            out.loss.backward()
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % settings.log_every == 0:
+                loss = float(out.loss.detach())
+                metrics.write({"step": step, "split": "train", "epoch": epoch, "lr": lr, "loss": loss,
+                               "elapsed": time.perf_counter() - started})  # fmt: skip
+                bar.set_postfix(loss=f"{loss:.4f}")
+        epoch += 1
+        scores = evaluate(dev) if dev else None
+        if scores is not None:
+            metrics.write({"step": step, "split": "valid", "epoch": epoch, "entity_f1": scores["f1"],
+                           "entity_precision": scores["precision"], "entity_recall": scores["recall"],
+                           "token_accuracy": scores["token_accuracy"]})  # fmt: skip
+            bar.write(f"epoch {epoch}: dev entity F1 {scores['f1']:.4f}")
+        if scores is None or best is None or scores["f1"] > best:
+            best, best_epoch, stale = (scores or {}).get("f1"), epoch, 0
+            model.save_pretrained(run_dir / "model")
+            tokenizer.save_pretrained(run_dir / "model")
+        else:
+            stale += 1
+            if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
+                break
+    bar.close()
+
+    # ---- test with the best model, report, save ----
+    model = BertForTokenClassification.from_pretrained(run_dir / "model").to(device)
+    report: dict[str, Any] = {"best_epoch": best_epoch, "dev_entity_f1": best}
+    if test:
+        report["test"] = evaluate(test)
+        scores = report["test"]
+        print(f"test: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, "
+              f"recall {scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
+        for kind, by_type in scores["per_type"].items():
+            print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_metrics(run_dir)
+    log.info("best model (epoch %s) saved to %s", best_epoch, run_dir / "model")
+    return run_dir / "model"
