@@ -230,3 +230,21 @@ def test_entity_scores_match_seqeval(seed: int):
             "support": theirs["support"],
         }
     assert set(ours["per_type"]) == set(report) - {"micro avg", "macro avg", "weighted avg"}
+
+
+def test_msra_ner_recipe_splits(msra_train, tmp_path, monkeypatch):
+    from bertforge.data.tagging import MSRA_DEV_SENTENCES, detect_scheme, resolve_tagging_dataset
+
+    monkeypatch.setenv("BERTFORGE_CACHE", str(tmp_path))
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "msra-ner").symlink_to(msra_train.parent)  # reuse the fetched asset
+    splits = {name: read_conll(resolve_tagging_dataset("msra_ner", name)) for name in ("train", "dev", "test")}
+    assert len(splits["dev"]) == MSRA_DEV_SENTENCES and len(splits["test"]) == 5000
+    assert len(splits["train"]) + len(splits["dev"]) == len(read_conll(msra_train))
+    train_text = {"".join(s.tokens) for s in splits["train"]}
+    assert sum("".join(s.tokens) in train_text for s in splits["dev"]) < 50  # only repeated sentences overlap
+    assert detect_scheme(tag for s in splits["test"] for tag in s.tags) == "BIOES"
+    first = resolve_tagging_dataset("msra_ner", "dev").read_bytes()
+    for built in (tmp_path / "datasets" / "msra_ner").iterdir():
+        built.unlink()
+    assert resolve_tagging_dataset("msra_ner", "dev").read_bytes() == first  # rebuilding gives the same split

@@ -27,7 +27,15 @@ from tqdm.auto import tqdm
 from bertforge.assets import resolve_model_dir
 from bertforge.classify import EncodedInputs, collate, length_sorted_batches
 from bertforge.data.classification import bucketed_batches
-from bertforge.data.tagging import OUTSIDE, TaggedSentence, detect_scheme, read_conll, repair_bio, to_bio
+from bertforge.data.tagging import (
+    OUTSIDE,
+    TaggedSentence,
+    detect_scheme,
+    read_conll,
+    repair_bio,
+    resolve_tagging_dataset,
+    to_bio,
+)
 from bertforge.errors import BertforgeError
 from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
 from bertforge.ner_metrics import entity_scores
@@ -124,7 +132,9 @@ def predict_tags(
     return predictions
 
 
-def read_bio(path: str, settings: NerConfig, scheme: str | None) -> tuple[list[TaggedSentence], str]:
+def read_bio(name: str, split: str, settings: NerConfig, scheme: str | None) -> tuple[list[TaggedSentence], str]:
+    """Read a split (a file, or the ``msra_ner`` recipe) and convert its tags to BIO."""
+    path = resolve_tagging_dataset(name, split)
     sentences = read_conll(path, token_column=settings.token_column, tag_column=settings.tag_column)
     scheme = scheme or detect_scheme(tag for s in sentences for tag in s.tags)
     return [dataclasses.replace(s, tags=to_bio(s.tags, scheme)) for s in sentences], scheme
@@ -139,10 +149,15 @@ def finetune_ner(settings: NerConfig) -> Path:
     precision = pick_precision(settings.precision, device)
     model_dir = resolve_model_dir(settings.model)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
-    train, scheme = read_bio(settings.train, settings, None)
+    train, scheme = read_bio(settings.train, "train", settings, None)
     labels = [OUTSIDE, *sorted({tag for s in train for tag in s.tags} - {OUTSIDE})]
-    dev = read_bio(settings.dev, settings, scheme)[0] if settings.dev else None
-    test = read_bio(settings.test, settings, scheme)[0] if settings.test else None
+    named = settings.train == "msra_ner"  # a recipe name brings its own dev and test splits
+    dev_name, test_name = (
+        settings.dev or ("msra_ner" if named else None),
+        settings.test or ("msra_ner" if named else None),
+    )
+    dev = read_bio(dev_name, "dev", settings, scheme)[0] if dev_name else None
+    test = read_bio(test_name, "test", settings, scheme)[0] if test_name else None
     for name, sentences in (("dev", dev), ("test", test)):
         unknown = {tag for s in sentences or [] for tag in s.tags} - set(labels)
         if unknown:

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
+from bertforge.assets import cache_dir, fetch
 from bertforge.errors import BertforgeError, where
 
 Scheme = Literal["IO", "BIO", "BIOES"]
@@ -241,3 +244,37 @@ def _write_bio(length: int, spans: Iterable[tuple[str, int, int]]) -> list[str]:
         for position in range(start + 1, end):
             out[position] = f"I-{type_}"
     return out
+
+
+# ---- ready-made tagging data sets ---------------------------------------------------------------------------
+
+MSRA_DEV_SENTENCES = 2500  # carved from MSRA's training file by seed 0; its 5,000-sentence test file stays the test
+
+
+def resolve_tagging_dataset(name_or_path: str, split: str) -> Path:
+    """A tagging file path, or ``msra_ner``'s train/dev/test split written once into the cache.
+
+    ``msra_ner`` is MSRA's Chinese NER data (BMES tags over PER, LOC, ORG, one character per line): its test file
+    is the test split; ``MSRA_DEV_SENTENCES`` sentences of its training file, chosen with seed 0, are the dev split.
+    """
+    if Path(name_or_path).exists() or name_or_path != "msra_ner":
+        return Path(name_or_path)
+    if split not in ("train", "dev", "test"):
+        raise BertforgeError(f"unknown split {split!r} of msra_ner; use train, dev or test")
+    folder = cache_dir() / "datasets" / "msra_ner"
+    if not (folder / "test.txt").is_file():
+        source = fetch("msra-ner")
+        sentences = read_conll(source / "msra_train.txt")
+        dev = set(np.random.default_rng(0).permutation(len(sentences))[:MSRA_DEV_SENTENCES].tolist())
+        splits = {
+            "train": [s for i, s in enumerate(sentences) if i not in dev],
+            "dev": [s for i, s in enumerate(sentences) if i in dev],
+            "test": read_conll(source / "msra_test.txt"),
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("train", "dev", "test"):  # test last: its presence marks a complete set
+            temporary = folder / f".{name}.txt.tmp"
+            blocks = ("".join(f"{t} {g}\n" for t, g in zip(s.tokens, s.tags, strict=True)) for s in splits[name])
+            temporary.write_text("\n".join(blocks), encoding="utf-8")
+            temporary.replace(folder / f"{name}.txt")
+    return folder / f"{split}.txt"
