@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from bertforge.train import (
     pick_precision,
     plot_metrics,
     save_checkpoint,
+    save_model_folder,
     seed_everything,
     set_learning_rate,
 )
@@ -224,7 +224,7 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
             improved, value = True, None
         if improved:
             state.update(best=value, best_epoch=state["epoch"], stale_epochs=0)
-            _save_model(model, tokenizer, run_dir / "model")
+            save_model_folder(model, tokenizer, run_dir / "model")
         else:
             state["stale_epochs"] += 1
         _save_checkpoint(run_dir, model, optimizer, tokenizer, state)
@@ -274,16 +274,6 @@ def _class_weights(
     counts = np.bincount(targets.astype(np.int64), minlength=classes).astype(np.float64)
     weights = len(targets) / (classes * np.maximum(counts, 1))  # inverse frequency, mean weight 1
     return torch.tensor(weights, dtype=torch.float32, device=device)
-
-
-def _save_model(model: BertForSequenceClassification, tokenizer: BertTokenizer, folder: Path) -> None:
-    """Replace ``folder`` with the model, atomically (write beside, then swap)."""
-    temporary = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    tokenizer.save_pretrained(temporary)
-    shutil.rmtree(folder, ignore_errors=True)
-    temporary.rename(folder)
 
 
 def _save_checkpoint(

@@ -49,6 +49,7 @@ from bertforge.train import (
     pick_device,
     pick_precision,
     plot_metrics,
+    save_model_folder,
     seed_everything,
     set_learning_rate,
 )
@@ -222,8 +223,7 @@ def finetune_ner(settings: NerConfig) -> Path:
             bar.write(f"epoch {epoch}: dev entity F1 {scores['f1']:.4f}")
         if scores is None or best is None or scores["f1"] > best:
             best, best_epoch, stale = (scores or {}).get("f1"), epoch, 0
-            model.save_pretrained(run_dir / "model")
-            tokenizer.save_pretrained(run_dir / "model")
+            save_model_folder(model, tokenizer, run_dir / "model")
         else:
             stale += 1
             if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:

@@ -38,6 +38,7 @@ from bertforge.train import (
     pick_precision,
     plot_metrics,
     save_checkpoint,
+    save_model_folder,
     seed_everything,
     set_learning_rate,
     to_device,
@@ -242,9 +243,7 @@ def pretrain(settings: PretrainConfig) -> Path:
     bar.close()
 
     # ---- save ----
-    final = run_dir / "model"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    final = save_model_folder(model, tokenizer, run_dir / "model")
     plot = plot_metrics(run_dir)
     log.info("saved the model to %s and the training curves to %s (%d tokens seen)", final, plot, tokens_seen)
     return final

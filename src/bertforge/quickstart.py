@@ -31,6 +31,7 @@ from bertforge.pretrain import pretrain
 from bertforge.recipe_config import bundled_config, load_recipe_config
 from bertforge.settings import FinetuneConfig, PretrainConfig
 from bertforge.tokenizer import BertTokenizer, train_tokenizer
+from bertforge.train import read_metrics
 
 FILL_MASK_EXAMPLES = (
     "The capital of France is [MASK].",
@@ -99,8 +100,7 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
         model_dir = pretrain(settings)
 
     with stage("6. What did it learn? Validation accuracy and fill-mask"):
-        scores = [r for r in map(json.loads, (out / "pretrain" / "metrics.jsonl").read_text().splitlines())]
-        final = [r for r in scores if r["split"] == "valid"][-1]
+        final = [r for r in read_metrics(out / "pretrain") if r["split"] == "valid"][-1]
         baseline = unigram_baseline(shards)
         print(f"   masked-token accuracy {final['mlm_accuracy']:.1%} (always guessing the most frequent token: "
               f"{baseline:.1%}); next-sentence accuracy {final['nsp_accuracy']:.1%} (chance: 50%)")  # fmt: skip

@@ -112,6 +112,26 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, factor: flo
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 
 
+def save_model_folder(
+    model: nn.Module, tokenizer: Any, folder: Path, extra_state: dict[str, Any] | None = None
+) -> Path:
+    """Write model + tokenizer (+ an optional training-state file) into ``folder``, replacing it atomically.
+
+    Everything is written under a temporary name beside ``folder`` and renamed when complete, so a crash
+    mid-write never leaves a folder that looks whole.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    if extra_state is not None:
+        torch.save(extra_state, temporary / TRAINING_STATE_NAME)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(temporary, folder)
+    return folder
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -121,30 +141,19 @@ def save_checkpoint(
     tokenizer: Any,
     keep: int,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step-NNNNNNN`` (model folder + training state) atomically; keep the last ``keep``.
-
-    The folder is written under a temporary name and renamed when complete, so a crash mid-write never leaves a
-    checkpoint that looks whole.
-    """
+    """Write ``run_dir/checkpoints/step-NNNNNNN`` (model folder + training state) atomically; keep the last ``keep``."""
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    temporary = root / f".step-{step:07d}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    tokenizer.save_pretrained(temporary)
-    torch.save(
+    final = save_model_folder(
+        model,
+        tokenizer,
+        root / f"step-{step:07d}",
         {
             **state,
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
-        temporary / TRAINING_STATE_NAME,
     )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(temporary, final)
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
