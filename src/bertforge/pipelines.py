@@ -17,12 +17,21 @@ from bertforge.classify import EncodedInputs, collate, encode_texts, length_sort
 from bertforge.data.tagging import OUTSIDE, chunk_entities
 from bertforge.embeddings import embed_texts
 from bertforge.errors import BertforgeError
-from bertforge.heads import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
+from bertforge.heads import (
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
 from bertforge.model import BertModel
+from bertforge.qa import best_spans, encode_questions, window_logits
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import autocast, pick_device, pick_precision
 
-TASKS = ("sentiment-analysis", "text-classification", "ner", "token-classification", "fill-mask", "feature-extraction")
+TASKS = (
+    "sentiment-analysis", "text-classification", "ner", "token-classification", "question-answering", "fill-mask",
+    "feature-extraction",
+)  # fmt: skip
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 HOW_TO_GET_A_MODEL = {
     "sentiment-analysis": "fine-tune one first, e.g. `bertforge finetune classification --model all-MiniLM-L6-v2 "
@@ -33,6 +42,10 @@ HOW_TO_GET_A_MODEL = {
 HOW_TO_GET_A_MODEL["text-classification"] = HOW_TO_GET_A_MODEL["sentiment-analysis"]
 HOW_TO_GET_A_MODEL["ner"] = HOW_TO_GET_A_MODEL["token-classification"] = (
     "pass a folder with a BertForTokenClassification checkpoint (its config.json lists the tags)"
+)
+HOW_TO_GET_A_MODEL["question-answering"] = (
+    "fine-tune one first, e.g. `bertforge finetune qa --model all-MiniLM-L6-v2 --train squad_v1 --train-limit 4000 "
+    "--out runs/qa`, then pass model='runs/qa/model'"
 )
 
 
@@ -45,7 +58,13 @@ def pipeline(
     max_length: int | None = None,
     long_text: str = "truncate",
     aggregation: str = "simple",
-) -> TextClassificationPipeline | TokenClassificationPipeline | FillMaskPipeline | FeatureExtractionPipeline:
+) -> (
+    TextClassificationPipeline
+    | TokenClassificationPipeline
+    | QuestionAnsweringPipeline
+    | FillMaskPipeline
+    | FeatureExtractionPipeline
+):
     """Build the pipeline for ``task`` from a checkpoint folder (or a packaged model's name).
 
     ``max_length`` and ``long_text`` ("truncate" or "window") apply to text classification; they default to
@@ -68,6 +87,10 @@ def pipeline(
             tagger, tokenizer, target, precision, aggregation=aggregation,
             max_length=max_length or tokenizer.model_max_length,
         )  # fmt: skip
+    if task == "question-answering":
+        reader = BertForQuestionAnswering.from_pretrained(folder)
+        return QuestionAnsweringPipeline(reader, tokenizer, target, precision,
+                                         max_length=max_length or tokenizer.model_max_length)  # fmt: skip
     classifier = BertForSequenceClassification.from_pretrained(folder)
     if not classifier.config.id2label:
         raise BertforgeError(f"{folder}: has no labels in config.json; {HOW_TO_GET_A_MODEL[task]}")
@@ -230,6 +253,86 @@ class TokenClassificationPipeline:
             score = float(np.mean([words[i][2].max() for i in range(first, last)]))
             entities.append({"entity_group": kind, "score": score, "word": text[start:end], "start": start, "end": end})
         return entities
+
+
+class QuestionAnsweringPipeline:
+    """Find the answer to a question in a context: the answer text and its exact ``start``/``end`` characters.
+
+    Contexts of any length work: one longer than ``max_length`` is read in overlapping windows (``doc_stride``
+    tokens shared), and the best span of all windows wins. ``score`` is the probability of the answer's start
+    times that of its end, each a softmax over the context tokens of its window.
+    """
+
+    def __init__(
+        self,
+        model: BertForQuestionAnswering,
+        tokenizer: BertTokenizer,
+        device: torch.device,
+        precision: str,
+        *,
+        max_length: int = 384,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.precision = pick_precision(precision, device)
+        self.max_length = min(max_length, model.config.max_position_embeddings)
+
+    def __call__(
+        self,
+        inputs: dict[str, str] | Sequence[dict[str, str]] | None = None,
+        *,
+        question: str | Sequence[str] | None = None,
+        context: str | Sequence[str] | None = None,
+        top_k: int = 1,
+        doc_stride: int | None = None,
+        max_question_len: int = 64,
+        max_answer_len: int = 15,
+        handle_impossible_answer: bool = False,
+        batch_size: int = 32,
+    ) -> Any:
+        """``(question=..., context=...)``, a ``{"question", "context"}`` dict, or lists of either.
+
+        Returns ``{"answer", "score", "start", "end"}`` (a list of ``top_k`` of them when ``top_k > 1``) per
+        question, in input order. With ``handle_impossible_answer`` the answer may be "" (start = end = 0) when
+        the model's no-answer score beats every span.
+        """
+        questions, contexts, single = _question_context_pairs(inputs, question, context)
+        stride = doc_stride if doc_stride is not None else min(128, self.max_length // 4)
+        windows = encode_questions(self.tokenizer, questions, contexts, max_length=self.max_length,
+                                   doc_stride=stride, max_query_length=max_question_len)  # fmt: skip
+        logits = window_logits(self.model, windows, pad_id=self.tokenizer.pad_token_id, batch_size=batch_size,
+                               device=self.device, precision=self.precision)  # fmt: skip
+        spans, null_scores = best_spans(windows, logits, contexts, max_answer_length=max_answer_len, top_k=top_k)
+        results = []
+        for found, null_score in zip(spans, null_scores, strict=True):
+            answers = [{"score": s.probability, "start": s.start, "end": s.end, "answer": s.text} for s in found]
+            if handle_impossible_answer and (not found or null_score > found[0].score):
+                answers = [{"score": 1.0 - (found[0].probability if found else 0.0), "start": 0, "end": 0,
+                            "answer": ""}, *answers][:top_k]  # fmt: skip
+            results.append(answers[0] if top_k == 1 and answers else answers)
+        return results[0] if single else results
+
+
+def _question_context_pairs(
+    inputs: dict[str, str] | Sequence[dict[str, str]] | None,
+    question: str | Sequence[str] | None,
+    context: str | Sequence[str] | None,
+) -> tuple[list[str], list[str], bool]:
+    """Questions, contexts, and whether a single pair was given, from any of the pipeline's call forms."""
+    if inputs is not None:
+        records = [inputs] if isinstance(inputs, dict) else list(inputs)
+        if not all(isinstance(r, dict) and isinstance(r.get("question"), str) and isinstance(r.get("context"), str)
+                   for r in records):  # fmt: skip
+            raise BertforgeError('give {"question": ..., "context": ...} dicts, or question=... and context=...')
+        return [r["question"] for r in records], [r["context"] for r in records], isinstance(inputs, dict)
+    if isinstance(question, str) and isinstance(context, str):
+        return [question], [context], True
+    if isinstance(question, str) and context is not None:  # one question asked of several contexts
+        return [question] * len(context), list(context), False
+    if question is None or context is None or isinstance(context, str) or len(question) != len(context):
+        raise BertforgeError("give question= and context= as two strings, or as two lists of the same length")
+    return list(question), list(context), False
 
 
 def _split_input(item: TextInput) -> tuple[str, str | None]:

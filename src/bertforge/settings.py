@@ -150,3 +150,45 @@ class NerConfig:
             raise BertforgeError("NER fine-tuning needs --model (a checkpoint folder) and --train (a CoNLL file)")
         if not 0 <= self.window_stride < self.max_length // 2:
             raise BertforgeError(f"window_stride must be between 0 and max_length / 2, got {self.window_stride}")
+
+
+@dataclass
+class QaConfig:
+    """Settings of an extractive question-answering fine-tuning run (SQuAD v1.1 / v2.0 format)."""
+
+    model: str = ""  # checkpoint folder (or packaged model name) to start from; its tokenizer is used
+    train: str = ""  # SQuAD-format JSON file, or squad_v1 (SQuAD v1.1 from the packaged data)
+    dev: str | None = None  # evaluated (exact match, F1) after each epoch; defaults to squad_v1's dev file
+    out: str = "runs/qa"  # run folder: best model/, checkpoint, metrics.jsonl, curves.png, report.json
+    train_limit: int | None = None  # use only the first N training questions (file order)
+    eval_limit: int | None = None  # evaluate on the first N dev questions only
+    max_length: int = 384  # tokens per window: [CLS] question [SEP] context piece [SEP]
+    doc_stride: int = 128  # context tokens shared by consecutive windows of a long context
+    max_query_length: int = 64  # questions are cut after this many tokens
+    max_answer_length: int = 30  # longest answer, in tokens, that post-processing considers
+    n_best: int = 20  # best start and end positions per window that are paired into candidate spans
+    null_threshold: float = 0.0  # SQuAD v2.0: answer "" when the no-answer score beats the best span by this
+    epochs: float = 2.0  # passes over the training windows
+    max_steps: int | None = None  # stop after this many optimizer steps instead
+    batch_size: int = 32  # windows per optimizer step
+    learning_rate: float = 5e-5  # peak learning rate after warm-up
+    warmup: float = 0.1  # share of training spent warming the learning rate up linearly
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
+    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
+    device: str = "auto"  # auto, cpu, cuda, ...
+    eval_batch_size: int = 64  # windows per forward pass when evaluating
+    log_every: int = 10  # steps between training-loss records
+    seed: int = 0  # seeds the new head, batch order and dropout
+    resume: bool = False  # continue from the checkpoint of the last finished epoch in `out`
+    progress: bool = True  # show progress bars
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.train:
+            raise BertforgeError("QA fine-tuning needs --model (a checkpoint folder) and --train (a SQuAD JSON file)")
+        for name in ("train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BertforgeError(f"{name} must be a positive number of questions, got {value}")
+        if not 0 <= self.doc_stride < self.max_length // 2:
+            raise BertforgeError(f"doc_stride must be between 0 and max_length / 2, got {self.doc_stride}")

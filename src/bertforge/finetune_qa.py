@@ -1,0 +1,164 @@
+"""The extractive question-answering recipe: a pretrained encoder + start/end scores → a SQuAD reader.
+
+Straight-line: read SQuAD JSON → cut (question, context) pairs into windows and mark each window's answer tokens
+(:mod:`bertforge.qa`) → train, evaluating exact match and F1 on dev after each epoch and keeping the best (with a
+checkpoint per epoch for ``--resume``) → report → save. Settings: :class:`~bertforge.settings.QaConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from bertforge.assets import resolve_model_dir
+from bertforge.classify import collate
+from bertforge.data.classification import bucketed_batches
+from bertforge.data.squad import SquadFile, read_squad, resolve_squad
+from bertforge.heads import BertForQuestionAnswering
+from bertforge.qa import answer_positions, encode_questions, predict_answers
+from bertforge.settings import QaConfig
+from bertforge.squad_metrics import squad_scores
+from bertforge.tokenizer import BertTokenizer
+from bertforge.train import (
+    TRAINING_STATE_NAME,
+    MetricsLog,
+    autocast,
+    build_optimizer,
+    latest_checkpoint,
+    learning_rate_factor,
+    load_training_state,
+    pick_device,
+    pick_precision,
+    plot_metrics,
+    save_checkpoint,
+    save_model_folder,
+    seed_everything,
+    set_learning_rate,
+)
+
+log = logging.getLogger("bertforge")
+
+
+def evaluate_qa(
+    model: BertForQuestionAnswering,
+    tokenizer: BertTokenizer,
+    data: SquadFile,
+    settings: QaConfig,
+    device: torch.device,
+    precision: str,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """SQuAD exact match and F1 of ``model`` on ``data``, and its predictions (question id → answer)."""
+    predictions = predict_answers(
+        model, tokenizer, data.examples, max_length=settings.max_length, doc_stride=settings.doc_stride,
+        max_query_length=settings.max_query_length, n_best=settings.n_best,
+        max_answer_length=settings.max_answer_length, with_unanswerable=data.with_unanswerable,
+        null_threshold=settings.null_threshold, batch_size=settings.eval_batch_size, device=device,
+        precision=precision,
+    )  # fmt: skip
+    gold = {e.id: [a.text for a in e.answers] for e in data.examples}
+    return squad_scores(predictions, gold), predictions
+
+
+def finetune_qa(settings: QaConfig) -> Path:
+    """Fine-tune a question-answering model; return the folder of the best one (Hugging Face layout)."""
+    # ---- setup ----
+    run_dir = Path(settings.out)
+    seed_everything(settings.seed)
+    device = pick_device(settings.device)
+    precision = pick_precision(settings.precision, device)
+    model_dir = resolve_model_dir(settings.model)
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    train = read_squad(resolve_squad(settings.train, "train"), settings.train_limit)
+    dev_name = settings.dev or ("squad_v1" if settings.train == "squad_v1" else None)
+    dev = read_squad(resolve_squad(dev_name, "dev"), settings.eval_limit) if dev_name else None
+    checkpoint = latest_checkpoint(run_dir) if settings.resume else None
+    if checkpoint is not None and not (checkpoint / TRAINING_STATE_NAME).is_file():
+        checkpoint = None
+    if settings.resume and checkpoint is None:
+        log.info("%s has no checkpoint yet; starting from scratch", run_dir)
+    model = BertForQuestionAnswering.from_pretrained(checkpoint or model_dir).to(device).train()
+    optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
+
+    windows = encode_questions(
+        tokenizer, [e.question for e in train.examples], [e.context for e in train.examples],
+        max_length=settings.max_length, doc_stride=settings.doc_stride, max_query_length=settings.max_query_length,
+    )  # fmt: skip
+    starts, ends = answer_positions(windows, train.examples)
+    steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
+    total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_scores": None}
+    if checkpoint is not None:
+        state.update(load_training_state(checkpoint, optimizer))
+        log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
+    metrics = MetricsLog(run_dir, resume_from_step=state["step"] if checkpoint is not None else None)
+    (run_dir / "qa_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    log.info(
+        "fine-tuning %s for question answering on %d questions (%d windows, %d with the answer) on %s in %s; "
+        "%d steps", model_dir, len(train.examples), len(windows), int((starts > 0).sum()), device, precision,
+        total_steps,
+    )  # fmt: skip
+
+    # ---- loop ----
+    bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning QA", unit="step",
+               disable=not settings.progress, mininterval=1.0)  # fmt: skip
+    started = time.perf_counter()
+    while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
+        lengths = [len(ids) for ids in windows.inputs.input_ids]
+        for rows in bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed,
+                                     epoch=state["epoch"]):  # fmt: skip
+            if state["step"] >= total_steps:
+                break
+            lr = set_learning_rate(optimizer, settings.learning_rate,
+                                   learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
+            batch = {k: v.to(device) for k, v in collate(windows.inputs, rows, tokenizer.pad_token_id).items()}
+            with autocast(precision, device):
+                out = model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
+                            end_positions=torch.as_tensor(ends[rows], device=device))  # fmt: skip
+            out.loss.backward()
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % settings.log_every == 0:
+                loss = float(out.loss.detach())
+                metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
+                               "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
+                bar.set_postfix(loss=f"{loss:.4f}")
+        state["epoch"] += 1
+
+        # ---- evaluate on dev, keep the best ----
+        scores, predictions = evaluate_qa(model, tokenizer, dev, settings, device, precision) if dev else (None, {})
+        model.train()
+        if scores is not None:
+            metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
+                           "exact_match": scores["exact_match"], "f1": scores["f1"]})  # fmt: skip
+            bar.write(f"epoch {state['epoch']}: dev exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f}")
+        if scores is None or state["best"] is None or scores["f1"] > state["best"]:
+            state.update(best=(scores or {}).get("f1"), best_epoch=state["epoch"], best_scores=scores)
+            save_model_folder(model, tokenizer, run_dir / "model")
+            if dev:
+                text = json.dumps(predictions, indent=1, ensure_ascii=False) + "\n"
+                (run_dir / "dev_predictions.json").write_text(text, encoding="utf-8")
+        save_checkpoint(run_dir, state["step"], model, optimizer, state, tokenizer, keep=1)
+    bar.close()
+
+    # ---- report, save ----
+    report: dict[str, Any] = {"best_epoch": state["best_epoch"], "dev": state["best_scores"]}
+    if state["best_scores"] is not None:
+        scores = state["best_scores"]
+        print(f"dev (epoch {state['best_epoch']}): exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} "
+              f"on {scores['questions']} questions")  # fmt: skip
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_metrics(run_dir)
+    log.info("best model (epoch %s) saved to %s", state["best_epoch"], run_dir / "model")
+    return run_dir / "model"
