@@ -171,8 +171,8 @@ def synthetic_squad(path, questions, seed):
         code = str(rng.choice(codes))
         context = f"{before} . the code is {code} . {after} ."
         start = len(before) + len(" . the code is ")
-        paragraphs.append({"context": context, "qas": [{"id": f"q{i}", "question": "what is the code ?",
-                                                        "answers": [{"text": code, "answer_start": start}]}]})  # fmt: skip
+        question = {"id": f"q{i}", "question": "what is the code ?", "answers": [{"text": code, "answer_start": start}]}
+        paragraphs.append({"context": context, "qas": [question]})
     path.write_text(json.dumps(squad_json(paragraphs)))
     return path
 
@@ -199,8 +199,8 @@ def test_recipe_learns_the_synthetic_task(tmp_path, tiny_base):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["dev"]["exact_match"] >= 70, report  # chance is far below 10%
     assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "dev_predictions.json").is_file()
-    answer = pipeline("question-answering", model=folder)(question="what is the code ?",
-                                                          context="blue river . the code is kilo . red night .")  # fmt: skip
+    context = "blue river . the code is kilo . red night ."
+    answer = pipeline("question-answering", model=folder)(question="what is the code ?", context=context)
     assert answer["answer"] == "kilo"
 
 
