@@ -96,6 +96,14 @@ def test_cli_learns_entities(ner_workspace, tmp_path, capsys):
     assert set(config["id2label"].values()) == {"O", "B-PER", "I-PER", "B-LOC"}
     assert "entity F1" in capsys.readouterr().out
 
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(ner_workspace / "dev.conll")]) == 0
+    assert f"entity F1 {report['test']['f1']:.4f}" in capsys.readouterr().out  # the run's windows and scores
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first text\nsecond text\n")
+    assert main(["predict", "--model", str(out / "model"), "--input", str(texts)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in records] == ["first text", "second text"] and all("entities" in r for r in records)
+
 
 def test_three_column_line_is_a_located_error(ner_workspace, tmp_path, capsys):
     bad = tmp_path / "bad.conll"

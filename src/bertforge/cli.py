@@ -265,7 +265,7 @@ def evaluate(
         _evaluate_qa(model, data, max_length)
         return
     if architecture == "BertForTokenClassification":
-        _evaluate_ner(model, data, max_length or 128)
+        _evaluate_ner(model, data, max_length)
         return
     max_length = max_length or 128
     from bertforge.finetune import evaluate_model, print_report, read_split
@@ -290,11 +290,19 @@ def evaluate(
     print_report(scores, labels, regression, title=str(file.path))
 
 
-def _evaluate_qa(model: str, data: str, max_length: int) -> None:
-    """Exact match and F1, windows and post-processing set as in the model's fine-tuning run when it is known."""
+def _run_settings(settings_class: type, model: str, name: str, file: str) -> Any:
+    """The settings the model's fine-tuning run saved next to its model/ folder (defaults when there are none)."""
     import dataclasses
     import json
 
+    saved = Path(model).parent / file
+    fields = {f.name for f in dataclasses.fields(settings_class)}
+    known = json.loads(saved.read_text()) if saved.is_file() else {}
+    return settings_class(**{**{k: v for k, v in known.items() if k in fields}, "model": model, "train": name})
+
+
+def _evaluate_qa(model: str, data: str, max_length: int) -> None:
+    """Exact match and F1, windows and post-processing set as in the model's fine-tuning run when it is known."""
     from bertforge.data.squad import read_squad, resolve_squad
     from bertforge.finetune_qa import evaluate_qa
     from bertforge.heads import BertForQuestionAnswering
@@ -305,10 +313,7 @@ def _evaluate_qa(model: str, data: str, max_length: int) -> None:
     squad = read_squad(resolve_squad(name, split or "dev"))
     device = pick_device("auto")
     reader = BertForQuestionAnswering.from_pretrained(model).to(device)
-    run_settings = Path(model).parent / "qa_config.json"  # written by `finetune qa` next to its model/
-    fields = {f.name for f in dataclasses.fields(QaConfig)}
-    known = json.loads(run_settings.read_text()) if run_settings.is_file() else {}
-    settings = QaConfig(**{**{k: v for k, v in known.items() if k in fields}, "model": model, "train": name})
+    settings = _run_settings(QaConfig, model, name, "qa_config.json")
     if max_length:
         settings.max_length, settings.doc_stride = max_length, min(settings.doc_stride, max_length // 4)
     scores, _ = evaluate_qa(reader, BertTokenizer.from_pretrained(model), squad, settings, device, "fp32")
@@ -322,7 +327,9 @@ def _evaluate_ner(model: str, data: str, max_length: int) -> None:
     from bertforge.train import pick_device
 
     name, _, split = data.partition(":")
-    settings = NerConfig(model=model, train=name, max_length=max_length, window_stride=max_length // 4)
+    settings = _run_settings(NerConfig, model, name, "ner_config.json")
+    if max_length:
+        settings.max_length, settings.window_stride = max_length, min(settings.window_stride, max_length // 4)
     sentences, _ = read_bio(name, split or "test", settings, None)
     device = pick_device("auto")
     tagger = BertForTokenClassification.from_pretrained(model).to(device)

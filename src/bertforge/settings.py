@@ -190,5 +190,5 @@ class QaConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BertforgeError(f"{name} must be a positive number of questions, got {value}")
-        if not 0 <= self.doc_stride < self.max_length // 2:
-            raise BertforgeError(f"doc_stride must be between 0 and max_length / 2, got {self.doc_stride}")
+        if not 0 <= self.doc_stride < self.max_length:  # the exact room per window is checked with the questions
+            raise BertforgeError(f"doc_stride must be between 0 and max_length, got {self.doc_stride}")

@@ -1,0 +1,137 @@
+"""Fine-tuning MiniLM-L6 for SQuAD v1.1: bertforge's recipe vs transformers' BertForQuestionAnswering.
+
+Both sides: the first 4,000 training questions, 1 epoch, batch 32, AdamW lr 5e-5 (no decay on biases/LayerNorm,
+weight decay 0.01, eps 1e-6), 10% linear warm-up then linear decay, gradient clipping 1.0, seed 0, the same
+precision; evaluated on the first 1,000 dev questions with the official exact match / F1. Both read the same
+windows (max_length 256, doc_stride 128, max_query_length 64: bertforge's preprocessing, whose token ids equal
+transformers' BertTokenizer, see tests/test_tokenizer.py) and share one post-processing (n-best 20,
+max_answer_length 30), so the comparison is about the model and training loop. transformers gets a plain loop in
+the style of its examples: windows shuffled, each batch padded to its longest.
+
+    .venv/bin/python -m bench.squad [--precision fp32|bf16] [--train-limit 4000] [--eval-limit 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import machine, peak_rss_mb, run_child
+
+BATCH, LEARNING_RATE, WARMUP, SEED = 32, 5e-5, 0.1, 0
+MAX_LENGTH, DOC_STRIDE, MAX_QUERY_LENGTH = 256, 128, 64
+
+
+def bertforge_side(precision: str, train_limit: int, eval_limit: int) -> dict:
+    from bertforge.finetune_qa import finetune_qa
+    from bertforge.settings import QaConfig
+
+    with tempfile.TemporaryDirectory() as out:
+        settings = QaConfig(
+            model="all-MiniLM-L6-v2", train="squad_v1", out=out, train_limit=train_limit, eval_limit=eval_limit,
+            max_length=MAX_LENGTH, doc_stride=DOC_STRIDE, max_query_length=MAX_QUERY_LENGTH, epochs=1,
+            batch_size=BATCH, learning_rate=LEARNING_RATE, warmup=WARMUP, seed=SEED, precision=precision,
+            progress=False,
+        )  # fmt: skip
+        started = time.perf_counter()
+        finetune_qa(settings)
+        seconds = time.perf_counter() - started  # includes the dev evaluation, as a user waits
+        scores = json.loads((Path(out) / "report.json").read_text())["dev"]
+    return {"exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": seconds}
+
+
+def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict:
+    import transformers
+
+    from bertforge.assets import fetch
+    from bertforge.classify import collate
+    from bertforge.data.squad import read_squad, resolve_squad
+    from bertforge.qa import answer_positions, encode_questions, predict_answers
+    from bertforge.squad_metrics import squad_scores
+    from bertforge.tokenizer import BertTokenizer
+
+    folder = fetch("all-MiniLM-L6-v2")
+    tokenizer = BertTokenizer.from_pretrained(folder)
+    train = read_squad(resolve_squad("squad_v1", "train"), train_limit).examples
+    dev = read_squad(resolve_squad("squad_v1", "dev"), eval_limit).examples
+    torch.manual_seed(SEED)
+    model = transformers.BertForQuestionAnswering.from_pretrained(folder)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=LEARNING_RATE,
+        eps=1e-6,
+    )  # fmt: skip
+    started = time.perf_counter()
+    windows = encode_questions(
+        tokenizer, [e.question for e in train], [e.context for e in train], max_length=MAX_LENGTH,
+        doc_stride=DOC_STRIDE, max_query_length=MAX_QUERY_LENGTH,
+    )  # fmt: skip
+    starts, ends = answer_positions(windows, train)
+    total = math.ceil(len(windows) / BATCH)
+    warmup = WARMUP * total
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
+    )
+    model.train()
+    order = np.random.default_rng(SEED).permutation(len(windows))
+    for first in range(0, len(order), BATCH):
+        rows = order[first : first + BATCH]
+        batch = collate(windows.inputs, rows, tokenizer.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**batch, start_positions=torch.as_tensor(starts[rows]),
+                         end_positions=torch.as_tensor(ends[rows])).loss  # fmt: skip
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    class Reader(torch.nn.Module):  # transformers' model behind the calling convention of bertforge's post-processing
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    model.eval()
+    predictions = predict_answers(Reader(), tokenizer, dev, max_length=MAX_LENGTH, doc_stride=DOC_STRIDE,
+                                  max_query_length=MAX_QUERY_LENGTH, precision=precision)  # fmt: skip
+    seconds = time.perf_counter() - started
+    scores = squad_scores(predictions, {e.id: [a.text for a in e.answers] for e in dev})
+    return {"exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--train-limit", type=int, default=4000)
+    parser.add_argument("--eval-limit", type=int, default=1000)
+    parser.add_argument("--child", choices=("bertforge", "transformers"))
+    args = parser.parse_args()
+    if args.child:
+        side = bertforge_side if args.child == "bertforge" else transformers_side
+        print(json.dumps({**side(args.precision, args.train_limit, args.eval_limit), "peak_rss_mb": peak_rss_mb()}))
+        return
+    print(machine())
+    print(f"MiniLM-L6 on SQuAD v1.1: first {args.train_limit:,} training questions, 1 epoch, batch {BATCH}, "
+          f"lr {LEARNING_RATE}, max_length {MAX_LENGTH}, doc_stride {DOC_STRIDE}; first {args.eval_limit:,} dev "
+          f"questions; {args.precision}")  # fmt: skip
+    results = {}
+    for side in ("transformers", "bertforge"):
+        limits = ["--train-limit", str(args.train_limit), "--eval-limit", str(args.eval_limit)]
+        r = results[side] = run_child("bench.squad", "--child", side, "--precision", args.precision, *limits)
+        print(f"  {side:<13} exact match {r['exact_match']:6.2f}  F1 {r['f1']:6.2f}  fine-tuning + evaluation "
+              f"{r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    ours, theirs = results["bertforge"], results["transformers"]
+    print(f"  difference (bertforge - transformers): exact match {ours['exact_match'] - theirs['exact_match']:+.2f}, "
+          f"F1 {ours['f1'] - theirs['f1']:+.2f}")  # fmt: skip
+    print(f"  speed ratio: {theirs['seconds'] / ours['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
