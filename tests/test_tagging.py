@@ -3,6 +3,7 @@ real MSRA corpus), BIO repair, and entity scores against hand-worked cases and a
 """
 
 import itertools
+import json
 import random
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from bertforge.data.tagging import (
     bio_to_bioes,
     detect_scheme,
     read_conll,
+    read_tagging_file,
     repair_bio,
     spans_from_bio,
     to_bio,
@@ -248,3 +250,41 @@ def test_msra_ner_recipe_splits(msra_train, tmp_path, monkeypatch):
     for built in (tmp_path / "datasets" / "msra_ner").iterdir():
         built.unlink()
     assert resolve_tagging_dataset("msra_ner", "dev").read_bytes() == first  # rebuilding gives the same split
+
+
+def test_jsonl_tokens_and_tags_or_text_with_character_entities(tmp_path: Path):
+    path = tmp_path / "ner.jsonl"
+    records = [
+        {"tokens": ["John", "lives", "in", "New", "York"], "tags": ["B-PER", "O", "O", "B-LOC", "I-LOC"]},
+        {"text": "Dr. Müller  flew to São Paulo!", "entities": [{"start": 4, "end": 10, "label": "PER"},
+                                                               {"start": 20, "end": 29, "label": "LOC"}]},
+        {"text": "张三在北京大学工作", "entities": [{"start": 0, "end": 2, "label": "PER"},
+                                          {"start": 3, "end": 7, "label": "ORG"}]},
+    ]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n\n", encoding="utf-8")
+    first, second, third = read_tagging_file(path)
+    assert first.tokens == records[0]["tokens"] and first.tags == records[0]["tags"]
+    assert second.tokens == ["Dr", ".", "Müller", "flew", "to", "São", "Paulo", "!"]
+    assert second.tags == ["O", "O", "B-PER", "O", "O", "B-LOC", "I-LOC", "O"] and second.line == 2
+    assert third.tokens == list("张三在北京大学工作")
+    assert third.tags == ["B-PER", "I-PER", "O", "B-ORG", "I-ORG", "I-ORG", "I-ORG", "O", "O"]
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ('{"text": "New York", "entities": [{"start": 0, "end": 6, "label": "LOC"}]}',
+         r"ner\.jsonl:1: entity LOC at characters 0:6 \('New Yo'\) does not start and end at word boundaries"),
+        ('{"text": "New York", "entities": [{"start": 0, "end": 3, "label": "LOC"}, '
+         '{"start": 0, "end": 8, "label": "LOC"}]}', "overlaps another entity"),
+        ('{"tokens": ["a", "b"], "tags": ["O"]}', "must be non-empty lists of strings of equal length"),
+        ('{"tokens": ["a"], "tags": ["PERSON"]}', "unknown tag 'PERSON'"),
+        ('{"text": "x", "entities": [{"start": 0}]}', "each entity needs integer 'start' and 'end'"),
+        ("{oops", r"ner\.jsonl:1: not a JSON object"),
+    ],
+)  # fmt: skip
+def test_bad_jsonl_records_are_located_errors(tmp_path: Path, record: str, expected: str):
+    path = tmp_path / "ner.jsonl"
+    path.write_text(record + "\n")
+    with pytest.raises(BertforgeError, match=expected):
+        read_tagging_file(path)

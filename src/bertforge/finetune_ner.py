@@ -31,7 +31,7 @@ from bertforge.data.tagging import (
     OUTSIDE,
     TaggedSentence,
     detect_scheme,
-    read_conll,
+    read_tagging_file,
     repair_bio,
     resolve_tagging_dataset,
     to_bio,
@@ -155,7 +155,7 @@ def evaluate_tagger(
 def read_bio(name: str, split: str, settings: NerConfig, scheme: str | None) -> tuple[list[TaggedSentence], str]:
     """Read a split (a file, or the ``msra_ner`` recipe) and convert its tags to BIO."""
     path = resolve_tagging_dataset(name, split)
-    sentences = read_conll(path, token_column=settings.token_column, tag_column=settings.tag_column)
+    sentences = read_tagging_file(path, token_column=settings.token_column, tag_column=settings.tag_column)
     scheme = scheme or detect_scheme(tag for s in sentences for tag in s.tags)
     return [dataclasses.replace(s, tags=to_bio(s.tags, scheme)) for s in sentences], scheme
 

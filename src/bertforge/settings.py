@@ -121,7 +121,7 @@ class NerConfig:
     """Settings of a named-entity-recognition (token tagging) fine-tuning run."""
 
     model: str = ""  # checkpoint folder (or packaged model name) to start from; its tokenizer is used
-    train: str = ""  # CoNLL-style file (token and tag per line, blank line between sentences), or msra_ner
+    train: str = ""  # CoNLL-style file (token and tag per line, blank line between sentences), .jsonl, or msra_ner
     dev: str | None = None  # evaluated after each epoch (entity F1 picks the best epoch)
     test: str | None = None  # evaluated once at the end with the best model
     out: str = "runs/ner"  # run folder: best model/, checkpoints, metrics.jsonl, curves.png, report.json

@@ -1,11 +1,12 @@
-"""Token-tagging data (named entities): CoNLL-style files and the tag schemes they use.
+"""Token-tagging data (named entities): CoNLL-style and JSONL files, and the tag schemes they use.
 
 File format (:func:`read_conll`)
     One token per line, columns separated by spaces or tabs, the token in ``token_column`` and its tag in
     ``tag_column``; a blank line ends a sentence. ``-DOCSTART-`` lines (document breaks in CoNLL-2003) also end
     a sentence and are otherwise skipped. Files are UTF-8, with or without a byte-order mark, with LF or CRLF
     line ends. Only ASCII spaces and tabs separate columns, so a token may be any other character, such as the
-    ideographic space U+3000 in Chinese text.
+    ideographic space U+3000 in Chinese text. JSONL files (:func:`read_tagging_file`) hold tokens and tags, or
+    text with character-span entities.
 
 Tag schemes
     A tag is ``O`` or ``PREFIX-TYPE`` (``B-PER``, ``I-LOC``) with one of the prefixes below.
@@ -22,6 +23,7 @@ chunks them by default: a tag that cannot continue the entity before it begins a
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -145,6 +147,81 @@ def read_conll(
     if not sentences:
         raise BertforgeError(f"{path}: has no tagged tokens; add lines of token and tag, or check the path")
     return sentences
+
+
+# A word of JSONL ``text`` records: one CJK ideograph, a run of other letters and digits, or one other symbol; the
+# same units as BERT's pre-tokenizer, so an entity span that respects them never cuts a word piece's word.
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002ebef\U0002f800-\U0002fa1f"
+_WORD = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])\w)+|[^\w\s]")
+
+
+def read_tagging_file(path: str | Path, *, token_column: int = 0, tag_column: int = -1) -> list[TaggedSentence]:
+    """Read tagged sentences from a CoNLL-style file, or from JSONL when the name ends in ``.jsonl``.
+
+    A JSONL line is ``{"tokens": [...], "tags": [...]}`` (one tag per token), or ``{"text": "...", "entities":
+    [{"start": 0, "end": 5, "label": "PER"}, ...]}`` with character spans: the text is split into words (CJK
+    characters one by one, runs of letters and digits, single punctuation marks) and each entity's words are
+    tagged B-/I- (BIO). A span that cuts a word, overlaps another or leaves the text is a located error.
+    """
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        return read_conll(path, token_column=token_column, tag_column=tag_column)
+    if not path.is_file():
+        raise BertforgeError(f"{path}: no such file; check the path")
+    sentences = []
+    with open(path, encoding="utf-8-sig") as file:
+        try:
+            lines = list(file)
+        except UnicodeDecodeError:
+            raise BertforgeError(f"{path}: bytes that are not UTF-8; save the file as UTF-8") from None
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            sentences.append(_jsonl_sentence(line, where(path, number), number))
+    if not sentences:
+        raise BertforgeError(f"{path}: has no records; write one JSON object per line")
+    return sentences
+
+
+def _jsonl_sentence(line: str, location: str, number: int) -> TaggedSentence:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise BertforgeError(f"{location}: not a JSON object ({error.msg} at column {error.colno})") from None
+    if isinstance(record, dict) and isinstance(record.get("tokens"), list) and isinstance(record.get("tags"), list):
+        tokens, tags = record["tokens"], record["tags"]
+        if len(tokens) != len(tags) or not tokens or not all(isinstance(x, str) and x for x in tokens + tags):
+            raise BertforgeError(f"{location}: 'tokens' and 'tags' must be non-empty lists of strings of equal length")
+        if any(_COLUMN_SEPARATOR.search(token) for token in tokens):
+            raise BertforgeError(f"{location}: a token contains a space or tab; split it into separate tokens")
+        for tag in tags:
+            split_tag(tag, location)
+        return TaggedSentence(tokens=list(tokens), tags=list(tags), line=number)
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
+        raise BertforgeError(f"{location}: expected {{\"tokens\": [...], \"tags\": [...]}} or "
+                             "{\"text\": \"...\", \"entities\": [...]}")  # fmt: skip
+    text, entities = record["text"], record.get("entities", [])
+    words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+    starts, ends = {s: i for i, (s, _) in enumerate(words)}, {e: i for i, (_, e) in enumerate(words)}
+    tags = [OUTSIDE] * len(words)
+    for entity in entities if isinstance(entities, list) else [None]:
+        if (
+            not isinstance(entity, dict)
+            or not all(isinstance(entity.get(k), int) for k in ("start", "end"))
+            or not (isinstance(entity.get("label"), str) and entity["label"])
+        ):
+            raise BertforgeError(f"{location}: each entity needs integer 'start' and 'end' and a 'label' string")
+        start, end, label = entity["start"], entity["end"], entity["label"]
+        if not 0 <= start < end <= len(text) or start not in starts or end not in ends:
+            shown = text[max(0, start) : max(0, end)]
+            raise BertforgeError(
+                f"{location}: entity {label} at characters {start}:{end} ({shown!r}) does not start and end at word "
+                "boundaries of the text; fix its offsets (end is exclusive)"
+            )
+        first, last = starts[start], ends[end]
+        if any(tag != OUTSIDE for tag in tags[first : last + 1]):
+            raise BertforgeError(f"{location}: entity {label} at {start}:{end} overlaps another entity")
+        tags[first : last + 1] = [f"B-{label}"] + [f"I-{label}"] * (last - first)
+    return TaggedSentence(tokens=[text[s:e] for s, e in words], tags=tags, line=number)
 
 
 def detect_scheme(tags: Iterable[str]) -> Scheme:
