@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
 from bertforge.classify import EncodedInputs, collate, length_sorted_batches
+from bertforge.config import BertConfig
 from bertforge.data.classification import bucketed_batches
 from bertforge.data.tagging import (
     OUTSIDE,
@@ -183,7 +184,11 @@ def finetune_ner(settings: NerConfig) -> Path:
         if unknown:
             raise BertforgeError(f"{name} file has tags the training file lacks: {', '.join(sorted(unknown))}")
     label_config = {"id2label": dict(enumerate(labels)), "label2id": {t: i for i, t in enumerate(labels)}}
-    model = BertForTokenClassification.from_pretrained(model_dir, **label_config).to(device).train()
+    if settings.random_init:  # the from-scratch baseline that measures what pretraining is worth
+        model = BertForTokenClassification(dataclasses.replace(BertConfig.load(model_dir), **label_config))
+    else:
+        model = BertForTokenClassification.from_pretrained(model_dir, **label_config)
+    model.to(device).train()
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
 
     encoded = encode_sentences(tokenizer, train, settings.max_length, settings.window_stride)

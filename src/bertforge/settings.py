@@ -128,6 +128,7 @@ class NerConfig:
     token_column: int = 0  # column holding the token
     tag_column: int = -1  # column holding the tag (IO, BIO, BIOES or BMES; converted to BIO internally)
     label_all_pieces: bool = False  # train on every word piece, not only the first piece of each word
+    random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     max_length: int = 128  # tokens per window, [CLS]/[SEP] included
     window_stride: int = 32  # tokens shared by consecutive windows of a long sentence
     epochs: float = 3.0  # passes over the training data
