@@ -141,3 +141,25 @@ def test_recomputed_attention_dropout_gives_the_same_gradients(monkeypatch):
     torch.testing.assert_close(recomputed_loss, plain_loss, rtol=0, atol=0)
     for name, grad in plain.items():
         torch.testing.assert_close(recomputed[name], grad, msg=name)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
+def test_lean_feed_forward_backward_equals_autograd(bf16, activation):
+    from bertforge.model import FeedForward
+
+    torch.manual_seed(0)
+    feed_forward = FeedForward(BertConfig.preset("tiny", vocab_size=100, hidden_act=activation))
+    x = torch.randn(3, 7, 128, requires_grad=True)
+    results = []
+    for lean in (True, False):
+        feed_forward.zero_grad()
+        x.grad = None
+        feed_forward.gelu_approximation = {"gelu": "none", "gelu_new": "tanh"}[activation] if lean else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = feed_forward(x)
+        (out.float() ** 2).sum().backward()
+        results.append([out, x.grad, *(p.grad for p in feed_forward.parameters())])
+    for lean, plain in zip(*results, strict=True):
+        assert lean.dtype == plain.dtype
+        torch.testing.assert_close(lean, plain, rtol=0, atol=0)

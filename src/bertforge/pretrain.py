@@ -37,6 +37,7 @@ from bertforge.train import (
     pick_device,
     pick_precision,
     plot_metrics,
+    return_freed_memory_to_the_system,
     save_checkpoint,
     save_model_folder,
     seed_everything,
@@ -121,6 +122,7 @@ def pretrain(settings: PretrainConfig) -> Path:
     run_dir, data_dir = Path(settings.out), Path(settings.data)
     seed_everything(settings.seed)
     device = pick_device(settings.device)
+    return_freed_memory_to_the_system()
     precision = pick_precision(settings.precision, device)
     tokenizer = BertTokenizer.from_pretrained(data_dir / "tokenizer")
     check_tokenizer(data_dir, tokenizer)
