@@ -88,7 +88,7 @@ def test_real_msra_scheme_and_round_trip(msra_train: Path, tmp_path: Path):
         ("a O\n\nb X-PER\n", r"bad\.txt:3: unknown tag 'X-PER'"),
         ("a O\nb PER\n", r"bad\.txt:2: unknown tag 'PER'"),
         ("a O\nb B-\n", r"bad\.txt:2: unknown tag 'B-'"),
-        ("a O\r\n\r\nb \xff O\n".encode("latin-1"), r"bad\.txt:3: bytes that are not UTF-8"),
+        ("a O\r\n\r\nb \xff O\n".encode("latin-1"), r"bad\.txt:3: not valid UTF-8"),
         ("\n-DOCSTART- O\n\n", r"bad\.txt: has no tagged tokens"),
         ("", r"bad\.txt: has no tagged tokens"),
     ],

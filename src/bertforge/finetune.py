@@ -37,6 +37,7 @@ from bertforge.train import (
     latest_checkpoint,
     learning_rate_factor,
     load_training_state,
+    optimizer_step,
     pick_device,
     pick_precision,
     plot_metrics,
@@ -201,10 +202,7 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
                     out = model(**batch, labels=batch_labels, class_weights=class_weights)
                 (out.loss / len(group)).backward()
                 loss_value += float(out.loss.detach()) / len(group)
-            if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
             if state["step"] % settings.log_every == 0:

@@ -47,6 +47,7 @@ from bertforge.train import (
     autocast,
     build_optimizer,
     learning_rate_factor,
+    optimizer_step,
     pick_device,
     pick_precision,
     plot_metrics,
@@ -227,10 +228,7 @@ def finetune_ner(settings: NerConfig) -> Path:
             with autocast(precision, device):
                 out = model(**batch, labels=torch.as_tensor(np.stack(label_rows), device=device))
             out.loss.backward()
-            if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, settings.max_grad_norm)
             step += 1
             bar.update(1)
             if step % settings.log_every == 0:

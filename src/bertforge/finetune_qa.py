@@ -35,6 +35,7 @@ from bertforge.train import (
     latest_checkpoint,
     learning_rate_factor,
     load_training_state,
+    optimizer_step,
     pick_device,
     pick_precision,
     plot_metrics,
@@ -125,10 +126,7 @@ def finetune_qa(settings: QaConfig) -> Path:
                 out = model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
                             end_positions=torch.as_tensor(ends[rows], device=device))  # fmt: skip
             out.loss.backward()
-            if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
             if state["step"] % settings.log_every == 0:

@@ -34,6 +34,7 @@ from bertforge.train import (
     latest_checkpoint,
     learning_rate_factor,
     load_training_state,
+    optimizer_step,
     pick_device,
     pick_precision,
     plot_metrics,
@@ -214,10 +215,7 @@ def pretrain(settings: PretrainConfig) -> Path:
                 real_tokens = int(batch["attention_mask"].sum())
                 tokens_seen += real_tokens
                 window_tokens += real_tokens
-            if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, settings.max_grad_norm)
             step += 1
             batch_in_epoch += 1
             elapsed = time.perf_counter() - started

@@ -127,6 +127,14 @@ def learning_rate_factor(progress: float, warmup: float) -> float:
     return max(0.0, (1.0 - progress) / max(1e-12, 1.0 - warmup))
 
 
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:
+    """Clip the gradients' global norm to ``max_grad_norm`` (0: no clipping), update, and clear the gradients."""
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, factor: float) -> float:
     for group in optimizer.param_groups:
         group["lr"] = peak * factor

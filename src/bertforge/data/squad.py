@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bertforge.assets import fetch
-from bertforge.errors import BertforgeError, where
+from bertforge.errors import BertforgeError, read_user_text, where
 
 SQUAD_ASSET = "squad-v1.1"
 SQUAD_FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}  # the v1.1 test set was never published
@@ -70,13 +70,7 @@ def resolve_squad(name_or_path: str, split: str) -> Path:
 def read_squad(path: str | Path, limit: int | None = None) -> SquadFile:
     """Read a SQuAD JSON file (the first ``limit`` questions in file order when a limit is given)."""
     path = Path(path)
-    if not path.is_file():
-        raise BertforgeError(f"{path}: no such file; give a SQuAD-format JSON file or squad_v1")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise BertforgeError(f"{path}: is not UTF-8 text (byte {error.start}); save the file as UTF-8") from None
+    text = read_user_text(path, "give a SQuAD-format JSON file or squad_v1")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from bertforge.assets import cache_dir, fetch
-from bertforge.errors import BertforgeError, where
+from bertforge.errors import BertforgeError, read_user_text, where
 
 Scheme = Literal["IO", "BIO", "BIOES"]
 SCHEMES: tuple[str, ...] = ("IO", "BIO", "BIOES")
@@ -91,14 +91,7 @@ def read_conll(
     an unknown tag.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BertforgeError(f"{path}: no such file; check the path")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise BertforgeError(f"{where(path, line)}: bytes that are not UTF-8; save the file as UTF-8") from None
+    text = read_user_text(path, "check the path")
 
     sentences: list[TaggedSentence] = []
     tokens: list[str] = []
@@ -166,15 +159,8 @@ def read_tagging_file(path: str | Path, *, token_column: int = 0, tag_column: in
     path = Path(path)
     if path.suffix != ".jsonl":
         return read_conll(path, token_column=token_column, tag_column=tag_column)
-    if not path.is_file():
-        raise BertforgeError(f"{path}: no such file; check the path")
     sentences = []
-    with open(path, encoding="utf-8-sig") as file:
-        try:
-            lines = list(file)
-        except UnicodeDecodeError:
-            raise BertforgeError(f"{path}: bytes that are not UTF-8; save the file as UTF-8") from None
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read_user_text(path, "check the path").split("\n"), start=1):
         if line.strip():
             sentences.append(_jsonl_sentence(line, where(path, number), number))
     if not sentences:
