@@ -26,7 +26,11 @@ def batch(seed=0, B=3, T=12, vocab=99):
     return ids, mask, types, labels, torch.tensor([0, 1, 0])
 
 
-def test_sparse_mlm_loss_and_gradients_equal_dense():
+@pytest.mark.parametrize("logits_per_chunk", [1 << 22, 200])  # one chunk; chunks of two rows
+def test_sparse_mlm_loss_and_gradients_equal_dense(logits_per_chunk, monkeypatch):
+    import bertforge.heads
+
+    monkeypatch.setattr(bertforge.heads, "LOGITS_PER_CHUNK", logits_per_chunk)
     torch.manual_seed(0)
     model = BertForPreTraining(BertConfig(**HF_TINY, hidden_dropout_prob=0, attention_probs_dropout_prob=0))
     ids, mask, types, labels, _ = batch()
@@ -40,11 +44,37 @@ def test_sparse_mlm_loss_and_gradients_equal_dense():
     dense_loss = F.cross_entropy(dense_logits.reshape(-1, 99), labels.reshape(-1), ignore_index=IGNORE_INDEX)
     dense_loss.backward()
     torch.testing.assert_close(sparse.mlm_loss, dense_loss)
-    torch.testing.assert_close(sparse.mlm_logits, dense_logits[labels != IGNORE_INDEX])
+    assert sparse.mlm_logits is None  # training keeps no (M, V) logits
+    with torch.no_grad():
+        inference = model(ids, mask, types, mlm_labels=labels)
+    torch.testing.assert_close(inference.mlm_logits, dense_logits[labels != IGNORE_INDEX])
+    torch.testing.assert_close(inference.mlm_loss, dense_loss)
     for name, parameter in model.named_parameters():
         if parameter.grad is not None or name in sparse_grads:
             torch.testing.assert_close(sparse_grads[name], parameter.grad, msg=name)
     assert sparse.mlm_count.item() == (labels != IGNORE_INDEX).sum().item()
+
+
+def test_chunked_vocabulary_loss_under_bf16_autocast_matches_autograd():
+    from bertforge.heads import VocabularyCrossEntropyFunction
+
+    torch.manual_seed(0)
+    x = torch.randn(37, 16, requires_grad=True)
+    weight, bias = torch.randn(301, 16, requires_grad=True), torch.randn(301, requires_grad=True)
+    targets = torch.randint(0, 301, (37,))
+    results = []
+    for chunked in (True, False):
+        x.grad = weight.grad = bias.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if chunked:
+                loss = VocabularyCrossEntropyFunction.apply(x, weight, bias, targets)
+            else:
+                loss = F.cross_entropy(F.linear(x, weight, bias).float(), targets)
+        loss.backward()
+        results.append((loss, x.grad, weight.grad, bias.grad))
+    for chunked, plain in zip(*results, strict=True):
+        assert chunked.dtype == plain.dtype
+        torch.testing.assert_close(chunked, plain, rtol=2e-2, atol=2e-3)
 
 
 def test_decoder_is_tied_to_word_embeddings():

@@ -51,7 +51,6 @@ from bertforge.train import (
     pick_device,
     pick_precision,
     plot_metrics,
-    return_freed_memory_to_the_system,
     save_model_folder,
     seed_everything,
     set_learning_rate,
@@ -169,7 +168,6 @@ def finetune_ner(settings: NerConfig) -> Path:
     run_dir = Path(settings.out)
     seed_everything(settings.seed)
     device = pick_device(settings.device)
-    return_freed_memory_to_the_system()
     precision = pick_precision(settings.precision, device)
     model_dir = resolve_model_dir(settings.model)
     tokenizer = BertTokenizer.from_pretrained(model_dir)

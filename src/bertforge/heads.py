@@ -27,16 +27,67 @@ class PreTrainingOutput:
     """What the pretraining models return.
 
     ``mlm_logits`` is (M, V) over the predicted positions when ``mlm_labels`` or ``mlm_positions`` were given
-    (in row-major order of the (B, T) grid), and (B, T, V) over every position otherwise.
+    (in row-major order of the (B, T) grid), and (B, T, V) over every position otherwise. Training with labels
+    (gradients on) returns no logits: the loss is computed without keeping them (see
+    :class:`VocabularyCrossEntropyFunction`).
     """
 
-    mlm_logits: Tensor
+    mlm_logits: Tensor | None
     nsp_logits: Tensor | None = None  # (B, 2): index 0 = B continues A, 1 = B is a random segment
     loss: Tensor | None = None  # mlm_loss + nsp_loss (whichever were computed)
     mlm_loss: Tensor | None = None  # mean cross-entropy over masked positions
     nsp_loss: Tensor | None = None  # mean cross-entropy over the batch
     mlm_correct: Tensor | None = None  # number of masked positions predicted right (for accuracy without sync)
     mlm_count: Tensor | None = None  # number of masked positions
+
+
+LOGITS_PER_CHUNK = 1 << 22  # (rows × V) logits computed at once by the chunked vocabulary cross-entropy
+
+
+class VocabularyCrossEntropyFunction(torch.autograd.Function):
+    """Mean cross-entropy of ``x @ weight.T + bias`` against ``targets``, without keeping the (M, V) logits.
+
+    Autograd would keep the logits' log-softmax for the backward pass and then build an (M, V) gradient: three
+    (M, V) tensors alive at the peak of a training step (240 MB for 640 predictions over 30k words). Here the
+    gradient is computed chunk by chunk during the forward pass (softmax minus the one-hot target, Bridle 1990),
+    so only the (M, H) input gradient and the (V, H) weight gradient are kept; the backward pass scales them.
+    Logits are fp32 for the softmax as in the autograd path; matmuls run in the forward's (autocast) dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets):
+        rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+        grad_x = torch.empty_like(x)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=x.device)
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        for start in range(0, x.shape[0], rows):
+            chunk, chunk_targets = x[start : start + rows], targets[start : start + rows]  # (R, H), (R,)
+            logits = F.linear(chunk, weight, bias)  # (R, V), autocast's dtype
+            log_probs = logits.float().log_softmax(-1)
+            picked = log_probs.gather(1, chunk_targets[:, None]).squeeze(1)  # (R,)
+            loss -= picked.sum()
+            grad_logits = log_probs.exp_()  # d(sum of losses)/d logits = softmax - one_hot(target)
+            grad_logits[torch.arange(len(chunk_targets), device=x.device), chunk_targets] -= 1.0
+            grad_logits = grad_logits.to(logits.dtype)
+            grad_x[start : start + rows] = (grad_logits @ weight.to(logits.dtype)).to(x.dtype)
+            grad_weight += grad_logits.t() @ chunk.to(logits.dtype)
+            grad_bias += grad_logits.float().sum(0)
+        ctx.save_for_backward(grad_x, grad_weight, grad_bias)
+        ctx.dtypes, ctx.count = (weight.dtype, bias.dtype), x.shape[0]
+        return loss / x.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_loss / ctx.count
+        weight_dtype, bias_dtype = ctx.dtypes
+        return (
+            grad_x * scale.to(grad_x.dtype),
+            (grad_weight * scale).to(weight_dtype),
+            (grad_bias * scale).to(bias_dtype),
+            None,
+        )
 
 
 class MaskedLMHead(nn.Module):
@@ -52,13 +103,16 @@ class MaskedLMHead(nn.Module):
     def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
         """(..., H) → (..., V) logits. The decoder is tied to the (V, H) input embeddings (Press & Wolf, 2017),
         passed in rather than held, so the weight has one name in the state dict."""
-        x = self.norm(self.activation(self.transform(hidden)))
-        return F.linear(x, word_embeddings, self.bias)
+        return F.linear(self.features(hidden), word_embeddings, self.bias)
+
+    def features(self, hidden: Tensor) -> Tensor:
+        """(..., H) → (..., H): the transform before the decoder."""
+        return self.norm(self.activation(self.transform(hidden)))
 
 
 def masked_lm(
     head: MaskedLMHead, word_embeddings: Tensor, hidden: Tensor, labels: Tensor | None, positions: Tensor | None
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Logits, loss, correct count and count of the MLM head, evaluated only where predictions are needed.
 
     Args:
@@ -71,6 +125,12 @@ def masked_lm(
         positions = labels != IGNORE_INDEX
     if positions is None:
         return head(hidden, word_embeddings), None, None, None  # (B, T, V)
+    if labels is not None and torch.is_grad_enabled():  # training: the loss without keeping (M, V) logits
+        positions = positions & (labels != IGNORE_INDEX)
+        targets = labels[positions]  # (M,)
+        features = head.features(hidden[positions])  # (M, H)
+        loss = VocabularyCrossEntropyFunction.apply(features, word_embeddings, head.bias, targets)
+        return None, loss, None, targets.new_tensor(targets.numel())
     logits = head(hidden[positions], word_embeddings)  # (M, H) → (M, V)
     if labels is None:
         return logits, None, None, None

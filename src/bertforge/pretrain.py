@@ -123,7 +123,8 @@ def pretrain(settings: PretrainConfig) -> Path:
     run_dir, data_dir = Path(settings.out), Path(settings.data)
     seed_everything(settings.seed)
     device = pick_device(settings.device)
-    return_freed_memory_to_the_system()
+    if settings.low_memory:
+        return_freed_memory_to_the_system()
     precision = pick_precision(settings.precision, device)
     tokenizer = BertTokenizer.from_pretrained(data_dir / "tokenizer")
     check_tokenizer(data_dir, tokenizer)

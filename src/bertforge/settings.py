@@ -35,6 +35,7 @@ class PretrainConfig:
     adam_epsilon: float = 1e-6  # AdamW denominator floor; BERT used 1e-6
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
+    low_memory: bool = False  # give freed activations back to the system: ~30% lower peak RSS on CPU, ~15% slower
     max_steps: int | None = None  # stop after this many optimizer steps
     max_epochs: float | None = None  # stop after this many passes over the training shards
     max_minutes: float | None = None  # stop on wall-clock time; the schedule is laid out over this budget

@@ -36,13 +36,15 @@ HEAP_MMAP_THRESHOLD = 1 << 20
 
 
 def return_freed_memory_to_the_system() -> bool:
-    """Stop glibc's heap from holding on to freed activations, which lowers peak memory of CPU training by ~25%.
+    """Stop glibc's heap from holding on to freed activations: ~30% lower peak memory in CPU training.
 
     Each training step frees and reallocates hundreds of MB of activations. glibc serves big blocks with their
     own memory maps, but after the first such block is freed it raises that threshold (up to 32 MiB), so later
     activations come from the heap, whose freed holes are reused badly and never given back: resident memory
     grows by a third over the live tensors. Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``) keeps every
-    block of 1 MiB or more in its own map. Returns whether the setting took effect (glibc on Linux only).
+    block of 1 MiB or more in its own map. The price: fresh pages fault in on every allocation, measured 10-20%
+    slower steps (bench/RESULTS.md), so recipes do this only on request (``low_memory``). Returns whether the
+    setting took effect (glibc on Linux only); it lasts for the life of the process.
     """
     if not sys.platform.startswith("linux"):
         return False
