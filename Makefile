@@ -29,6 +29,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench.pretrain_step
 	$(PY) -m bench.finetune_sentiment
+	$(PY) -m bench.squad --precision bf16
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

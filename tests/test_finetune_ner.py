@@ -10,7 +10,7 @@ from bertforge import BertConfig, BertModel
 from bertforge.cli import main
 from bertforge.data.tagging import TaggedSentence
 from bertforge.finetune_ner import encode_sentences, window_labels
-from bertforge.heads import IGNORE_INDEX
+from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
 from bertforge.tokenizer import train_tokenizer
 
 FIRST = "anna boris chen dmitri elena farah".split()
@@ -112,3 +112,27 @@ def test_three_column_line_is_a_located_error(ner_workspace, tmp_path, capsys):
                    "--out", str(tmp_path / "run"), "--max-steps", "1"])  # fmt: skip
     assert status == 2
     assert "bad.conll:2" in capsys.readouterr().err
+
+
+def test_random_init_keeps_config_and_tokenizer_but_not_weights(ner_workspace, tmp_path):
+    out = tmp_path / "run"
+    status = main(["finetune", "ner", "--model", str(ner_workspace / "encoder"), "--train",
+                   str(ner_workspace / "train.conll"), "--out", str(out), "--max-steps", "1", "--learning-rate",
+                   "1e-12", "--random-init", "true", "--progress", "false", "--precision", "fp32"])  # fmt: skip
+    assert status == 0
+    base = BertModel.from_pretrained(ner_workspace / "encoder").state_dict()
+    fresh = BertForTokenClassification.from_pretrained(out / "model").bert.state_dict()
+    assert set(fresh) <= set(base)  # the same encoder (a tagger has no pooler)
+    assert not torch.allclose(fresh["embeddings.word.weight"], base["embeddings.word.weight"])
+    assert (out / "model" / "vocab.txt").read_text() == (ner_workspace / "encoder" / "vocab.txt").read_text()
+
+
+def test_data_text_writes_msra_train_sentences_as_documents(msra_train, tmp_path):
+    from bertforge.data.tagging import read_conll, resolve_tagging_dataset
+
+    corpus = tmp_path / "corpus.txt"
+    assert main(["data", "text", "--dataset", "msra_ner", "--out", str(corpus), "--sentences-per-document", "7"]) == 0
+    documents = corpus.read_text(encoding="utf-8").strip("\n").split("\n\n")
+    sentences = ["".join(s.tokens) for s in read_conll(resolve_tagging_dataset("msra_ner", "train"))]
+    assert [line for document in documents for line in document.split("\n")] == sentences
+    assert all(len(document.split("\n")) <= 7 for document in documents)

@@ -208,7 +208,8 @@ def pretrain(settings: PretrainConfig) -> Path:
                 inputs = to_device(batch, device)
                 with autocast(precision, device):
                     out = model(**inputs)
-                (out.loss / len(micro_batches)).backward()
+                loss = out.loss if out.nsp_loss is None else out.mlm_loss + settings.nsp_loss_weight * out.nsp_loss
+                (loss / len(micro_batches)).backward()
                 for name in ("loss", "mlm_loss", "nsp_loss"):
                     value = getattr(out, name)
                     if value is not None:

@@ -20,6 +20,7 @@ class PretrainConfig:
     model: str = "mini"  # a preset (tiny, mini, small, medium, base, large) or a config.json path
     init_from: str | None = None  # start from this checkpoint folder's weights instead of random ones
     next_sentence_prediction: bool = True  # MLM + NSP as in BERT; false = MLM only on packed text (RoBERTa)
+    nsp_loss_weight: float = 1.0  # loss = MLM + this × NSP (BERT: 1)
     max_seq_length: int = 128  # tokens per example, [CLS]/[SEP] included
     short_seq_prob: float = 0.1  # share of NSP examples with a shorter random target length
     mlm_probability: float = 0.15  # share of tokens chosen for prediction
