@@ -136,3 +136,32 @@ def test_data_text_writes_msra_train_sentences_as_documents(msra_train, tmp_path
     sentences = ["".join(s.tokens) for s in read_conll(resolve_tagging_dataset("msra_ner", "train"))]
     assert [line for document in documents for line in document.split("\n")] == sentences
     assert all(len(document.split("\n")) <= 7 for document in documents)
+
+
+def test_resume_after_a_crash_gives_the_same_tagger(ner_workspace, tmp_path, monkeypatch):
+    common = ["finetune", "ner", "--model", str(ner_workspace / "encoder"), "--train",
+              str(ner_workspace / "train.conll"), "--dev", str(ner_workspace / "dev.conll"), "--epochs", "2",
+              "--batch-size", "16", "--learning-rate", "1e-3", "--max-length", "32", "--window-stride", "8",
+              "--progress", "false", "--precision", "fp32"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+
+    import bertforge.finetune_ner
+
+    evaluate, calls = bertforge.finetune_ner.evaluate_tagger, []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(bertforge.finetune_ner, "evaluate_tagger", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="killed"):
+        main([*common, "--out", str(tmp_path / "b")])
+    monkeypatch.setattr(bertforge.finetune_ner, "evaluate_tagger", evaluate)
+    assert main([*common, "--out", str(tmp_path / "b"), "--resume", "true"]) == 0
+    straight = BertForTokenClassification.from_pretrained(tmp_path / "a" / "model").state_dict()
+    resumed = BertForTokenClassification.from_pretrained(tmp_path / "b" / "model").state_dict()
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, msg=name)
+    assert (tmp_path / "b" / "metrics.jsonl").read_text().count("valid") == 2

@@ -43,14 +43,18 @@ from bertforge.ner_metrics import entity_scores
 from bertforge.settings import NerConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
+    TRAINING_STATE_NAME,
     MetricsLog,
     autocast,
     build_optimizer,
+    latest_checkpoint,
     learning_rate_factor,
+    load_training_state,
     optimizer_step,
     pick_device,
     pick_precision,
     plot_metrics,
+    save_checkpoint,
     save_model_folder,
     seed_everything,
     set_learning_rate,
@@ -185,10 +189,15 @@ def finetune_ner(settings: NerConfig) -> Path:
         if unknown:
             raise BertforgeError(f"{name} file has tags the training file lacks: {', '.join(sorted(unknown))}")
     label_config = {"id2label": dict(enumerate(labels)), "label2id": {t: i for i, t in enumerate(labels)}}
-    if settings.random_init:  # the from-scratch baseline that measures what pretraining is worth
+    checkpoint = latest_checkpoint(run_dir) if settings.resume else None
+    if checkpoint is not None and not (checkpoint / TRAINING_STATE_NAME).is_file():
+        checkpoint = None
+    if settings.resume and checkpoint is None:
+        log.info("%s has no checkpoint yet; starting from scratch", run_dir)
+    if checkpoint is None and settings.random_init:  # the from-scratch baseline that measures pretraining's worth
         model = BertForTokenClassification(dataclasses.replace(BertConfig.load(model_dir), **label_config))
     else:
-        model = BertForTokenClassification.from_pretrained(model_dir, **label_config)
+        model = BertForTokenClassification.from_pretrained(checkpoint or model_dir, **label_config)
     model.to(device).train()
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
 
@@ -196,7 +205,11 @@ def finetune_ner(settings: NerConfig) -> Path:
     targets = window_labels(encoded, [[labels.index(t) for t in s.tags] for s in train], settings.label_all_pieces)
     steps_per_epoch = math.ceil(len(encoded.inputs) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
-    metrics = MetricsLog(run_dir)
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "stale_epochs": 0}
+    if checkpoint is not None:
+        state.update(load_training_state(checkpoint, optimizer))
+        log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
+    metrics = MetricsLog(run_dir, resume_from_step=state["step"] if checkpoint is not None else None)
     (run_dir / "ner_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     log.info(
         "fine-tuning %s for %d tags (%s in the files) on %d sentences (%d windows) on %s in %s; %d steps",
@@ -209,17 +222,17 @@ def finetune_ner(settings: NerConfig) -> Path:
         return scores
 
     # ---- loop ----
-    step, epoch, best, best_epoch, stale = 0, 0, None, None, 0
-    bar = tqdm(total=int(total_steps), desc="fine-tuning NER", unit="step", disable=not settings.progress,
-               mininterval=1.0)  # fmt: skip
+    bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning NER", unit="step",
+               disable=not settings.progress, mininterval=1.0)  # fmt: skip
     started = time.perf_counter()
-    while step < total_steps and epoch < math.ceil(settings.epochs):
+    while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
         lengths = [len(ids) for ids in encoded.inputs.input_ids]
-        for rows in bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed, epoch=epoch):
-            if step >= total_steps:
+        for rows in bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed,
+                                     epoch=state["epoch"]):  # fmt: skip
+            if state["step"] >= total_steps:
                 break
             lr = set_learning_rate(optimizer, settings.learning_rate,
-                                   learning_rate_factor(step / total_steps, settings.warmup))  # fmt: skip
+                                   learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
             batch = {k: v.to(device) for k, v in collate(encoded.inputs, rows, tokenizer.pad_token_id).items()}
             width = batch["input_ids"].shape[1]
             label_rows = [np.pad(targets[r], (0, width - len(targets[r])), constant_values=IGNORE_INDEX) for r in rows]
@@ -227,32 +240,34 @@ def finetune_ner(settings: NerConfig) -> Path:
                 out = model(**batch, labels=torch.as_tensor(np.stack(label_rows), device=device))
             out.loss.backward()
             optimizer_step(model, optimizer, settings.max_grad_norm)
-            step += 1
+            state["step"] += 1
             bar.update(1)
-            if step % settings.log_every == 0:
+            if state["step"] % settings.log_every == 0:
                 loss = float(out.loss.detach())
-                metrics.write({"step": step, "split": "train", "epoch": epoch, "lr": lr, "loss": loss,
-                               "elapsed": time.perf_counter() - started})  # fmt: skip
+                metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
+                               "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.4f}")
-        epoch += 1
+        state["epoch"] += 1
         scores = evaluate(dev) if dev else None
         if scores is not None:
-            metrics.write({"step": step, "split": "valid", "epoch": epoch, "entity_f1": scores["f1"],
-                           "entity_precision": scores["precision"], "entity_recall": scores["recall"],
-                           "token_accuracy": scores["token_accuracy"]})  # fmt: skip
-            bar.write(f"epoch {epoch}: dev entity F1 {scores['f1']:.4f}")
-        if scores is None or best is None or scores["f1"] > best:
-            best, best_epoch, stale = (scores or {}).get("f1"), epoch, 0
+            metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
+                           "entity_f1": scores["f1"], "entity_precision": scores["precision"],
+                           "entity_recall": scores["recall"], "token_accuracy": scores["token_accuracy"]})  # fmt: skip
+            bar.write(f"epoch {state['epoch']}: dev entity F1 {scores['f1']:.4f}")
+        if scores is None or state["best"] is None or scores["f1"] > state["best"]:
+            state.update(best=(scores or {}).get("f1"), best_epoch=state["epoch"], stale_epochs=0)
             save_model_folder(model, tokenizer, run_dir / "model")
         else:
-            stale += 1
-            if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
-                break
+            state["stale_epochs"] += 1
+        save_checkpoint(run_dir, state["step"], model, optimizer, state, tokenizer, keep=1)
+        patience = settings.early_stopping_patience
+        if patience is not None and state["stale_epochs"] >= patience:
+            break
     bar.close()
 
     # ---- test with the best model, report, save ----
     model = BertForTokenClassification.from_pretrained(run_dir / "model").to(device)
-    report: dict[str, Any] = {"best_epoch": best_epoch, "dev_entity_f1": best}
+    report: dict[str, Any] = {"best_epoch": state["best_epoch"], "dev_entity_f1": state["best"]}
     if test:
         report["test"] = evaluate(test)
         scores = report["test"]
@@ -262,5 +277,5 @@ def finetune_ner(settings: NerConfig) -> Path:
             print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_metrics(run_dir)
-    log.info("best model (epoch %s) saved to %s", best_epoch, run_dir / "model")
+    log.info("best model (epoch %s) saved to %s", state["best_epoch"], run_dir / "model")
     return run_dir / "model"

@@ -146,6 +146,7 @@ class NerConfig:
     eval_batch_size: int = 64  # windows per forward pass when evaluating
     log_every: int = 10  # steps between training-loss records
     seed: int = 0  # seeds the new head, batch order and dropout
+    resume: bool = False  # continue from the checkpoint of the last finished epoch in `out`
     progress: bool = True  # show progress bars
 
     def __post_init__(self) -> None:
