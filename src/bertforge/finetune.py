@@ -30,11 +30,10 @@ from bertforge.model import BertModel
 from bertforge.settings import FinetuneConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
-    TRAINING_STATE_NAME,
     MetricsLog,
     autocast,
     build_optimizer,
-    latest_checkpoint,
+    checkpoint_to_resume,
     learning_rate_factor,
     load_training_state,
     optimizer_step,
@@ -141,9 +140,7 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
     base = BertConfig.load(model_dir)
     if base.id2label and base.id2label != label_config["id2label"] and not settings.resume:
         log.info("%s was trained for labels %s; a new head is made for %s", model_dir, base.id2label, names)
-    checkpoint = _latest(run_dir) if settings.resume else None
-    if settings.resume and checkpoint is None:
-        log.info("%s has no checkpoint yet; starting from scratch", run_dir)
+    checkpoint = checkpoint_to_resume(run_dir, settings.resume)
     start_dir = checkpoint or model_dir
     if checkpoint is None and base.id2label and base.id2label != label_config["id2label"]:
         model = _fresh_head_model(model_dir, label_config)
@@ -283,8 +280,3 @@ def _save_checkpoint(
 ) -> None:
     """The state after a finished epoch, for --resume (the previous epoch's checkpoint is replaced)."""
     save_checkpoint(run_dir, state["step"], model, optimizer, state, tokenizer, keep=1)
-
-
-def _latest(run_dir: Path) -> Path | None:
-    found = latest_checkpoint(run_dir)
-    return found if found is not None and (found / TRAINING_STATE_NAME).is_file() else None

@@ -43,11 +43,10 @@ from bertforge.ner_metrics import entity_scores
 from bertforge.settings import NerConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
-    TRAINING_STATE_NAME,
     MetricsLog,
     autocast,
     build_optimizer,
-    latest_checkpoint,
+    checkpoint_to_resume,
     learning_rate_factor,
     load_training_state,
     optimizer_step,
@@ -189,11 +188,7 @@ def finetune_ner(settings: NerConfig) -> Path:
         if unknown:
             raise BertforgeError(f"{name} file has tags the training file lacks: {', '.join(sorted(unknown))}")
     label_config = {"id2label": dict(enumerate(labels)), "label2id": {t: i for i, t in enumerate(labels)}}
-    checkpoint = latest_checkpoint(run_dir) if settings.resume else None
-    if checkpoint is not None and not (checkpoint / TRAINING_STATE_NAME).is_file():
-        checkpoint = None
-    if settings.resume and checkpoint is None:
-        log.info("%s has no checkpoint yet; starting from scratch", run_dir)
+    checkpoint = checkpoint_to_resume(run_dir, settings.resume)
     if checkpoint is None and settings.random_init:  # the from-scratch baseline that measures pretraining's worth
         model = BertForTokenClassification(dataclasses.replace(BertConfig.load(model_dir), **label_config))
     else:

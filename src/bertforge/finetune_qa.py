@@ -28,11 +28,10 @@ from bertforge.settings import QaConfig
 from bertforge.squad_metrics import squad_scores
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
-    TRAINING_STATE_NAME,
     MetricsLog,
     autocast,
     build_optimizer,
-    latest_checkpoint,
+    checkpoint_to_resume,
     learning_rate_factor,
     load_training_state,
     optimizer_step,
@@ -80,11 +79,7 @@ def finetune_qa(settings: QaConfig) -> Path:
     train = read_squad(resolve_squad(settings.train, "train"), settings.train_limit)
     dev_name = settings.dev or ("squad_v1" if settings.train == "squad_v1" else None)
     dev = read_squad(resolve_squad(dev_name, "dev"), settings.eval_limit) if dev_name else None
-    checkpoint = latest_checkpoint(run_dir) if settings.resume else None
-    if checkpoint is not None and not (checkpoint / TRAINING_STATE_NAME).is_file():
-        checkpoint = None
-    if settings.resume and checkpoint is None:
-        log.info("%s has no checkpoint yet; starting from scratch", run_dir)
+    checkpoint = checkpoint_to_resume(run_dir, settings.resume)
     model = BertForQuestionAnswering.from_pretrained(checkpoint or model_dir).to(device).train()
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
 

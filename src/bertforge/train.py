@@ -198,6 +198,17 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
+    """The latest complete checkpoint (weights and training state) of ``run_dir`` when ``resume``, else None."""
+    if not resume:
+        return None
+    found = latest_checkpoint(run_dir)
+    if found is None or not (found / TRAINING_STATE_NAME).is_file():
+        log.info("%s has no checkpoint yet; starting from scratch", run_dir)
+        return None
+    return found
+
+
 def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore optimizer and RNG states from a checkpoint folder; return the recipe's own saved state."""
     path = checkpoint / TRAINING_STATE_NAME
