@@ -550,3 +550,24 @@ def test_non_utf8_past_the_checked_sample_names_the_file(tmp_path):
 def test_bad_call_arguments(ours, call, problem):
     with pytest.raises(BertforgeError, match=re.escape(problem)):
         call(ours)
+
+
+def test_the_installed_engine_keeps_every_overflow_window():
+    """tokenizers 0.23.1/0.23.2 drop all but one overflow window; the pin in pyproject.toml excludes them."""
+    from bertforge.tokenizer import engine_keeps_every_overflow_window
+
+    assert engine_keeps_every_overflow_window()
+    windows = tokenizer_of(["w"])(" ".join(["w"] * 30), truncation=True, max_length=10, stride=2,
+                                  return_overflowing_tokens=True)["input_ids"]  # fmt: skip
+    w = len(SPECIAL_TOKENS)  # the first id after the special tokens
+    assert len(windows) == 5  # 8 words per window, 2 shared with the next: 1-8, 7-14, 13-20, 19-26, 25-30
+    assert sum(window.count(w) for window in windows) == 30 + 2 * (len(windows) - 1)
+
+
+def test_an_engine_that_drops_overflow_windows_is_refused(monkeypatch):
+    import bertforge.tokenizer
+
+    monkeypatch.setattr(bertforge.tokenizer, "engine_keeps_every_overflow_window", lambda: False)
+    with pytest.raises(BertforgeError, match=r"drops the rest; install another release: pip install 'tokenizers>="):
+        tokenizer_of(["w"])("w w w w w", truncation=True, max_length=4, stride=1, return_overflowing_tokens=True)
+    tokenizer_of(["w"])("w w w w w", truncation=True, max_length=4)  # plain truncation is unaffected

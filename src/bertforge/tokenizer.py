@@ -18,11 +18,13 @@ token::
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import tokenizers
 from tokenizers import Encoding, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from bertforge.assets import MODEL_ASSETS, fetch
@@ -63,6 +65,24 @@ class BatchEncoding(dict):
     def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
         """0 for tokens of the first text, 1 for the second; None for special and padding tokens."""
         return self.encodings[batch_index].sequence_ids
+
+
+@functools.cache
+def engine_keeps_every_overflow_window() -> bool:
+    """Whether this ``tokenizers`` release returns every window of a truncated text.
+
+    tokenizers 0.23.1 and 0.23.2 return one short overflow window and silently lose the rest of the text (seen
+    on 0.23.2: 54 words in windows of 24 tokens with stride 8 gave 2 windows instead of 4); 0.19-0.22 and 0.23.3
+    are right. A probe, not a version list, so a later release with the same fault is caught too.
+    """
+    probe = Tokenizer(models.WordPiece({UNK: 0, CLS: 1, SEP: 2, "w": 3}, unk_token=UNK))
+    probe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    probe.post_processor = processors.BertProcessing((SEP, 2), (CLS, 1))
+    probe.enable_truncation(max_length=6, stride=1)
+    encoding = probe.encode(" ".join(["w"] * 10))
+    windows = [encoding, *encoding.overflowing]
+    # Windows of 4 words overlapping by 1 cover 10 words in 3 windows (1-4, 4-7, 7-10).
+    return sum(window.ids.count(3) for window in windows) == 10 + len(windows) - 1
 
 
 class BertTokenizer:
@@ -285,6 +305,11 @@ class BertTokenizer:
 
         sample_of = None
         if return_overflowing_tokens:
+            if not engine_keeps_every_overflow_window():
+                raise BertforgeError(
+                    f"tokenizers {tokenizers.__version__} returns only the first overflow window of a long text and "
+                    f"drops the rest; install another release: pip install 'tokenizers>=0.23.3' (or <=0.22.1)"
+                )
             windows = [[encoding, *encoding.overflowing] for encoding in encodings]
             sample_of = [index for index, group in enumerate(windows) for _ in group]
             encodings = [window for group in windows for window in group]
