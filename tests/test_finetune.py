@@ -93,7 +93,8 @@ def test_finetune_evaluate_predict_round_trip(workspace, tmp_path, capsys):
     assert f"accuracy {report['test']['accuracy']:.4f}" in capsys.readouterr().out
 
     texts = tmp_path / "texts.txt"
-    texts.write_text("wonderful superb film\nboring dull plot\nthe acting\n")
+    rng = np.random.default_rng(1)  # new reviews of the training kind: six words, two of them telling
+    texts.write_text(f"{review(rng, True)}\n{review(rng, False)}\nthe acting\n")
     predictions = tmp_path / "predictions.jsonl"
     assert main(["predict", "--model", str(out / "model"), "--input", str(texts), "--output", str(predictions),
                  "--top-k", "2"]) == 0  # fmt: skip

@@ -121,26 +121,75 @@ def test_bad_inputs_say_what_to_change(ids, message):
         tiny_model()(ids)
 
 
-def test_recomputed_attention_dropout_gives_the_same_gradients(monkeypatch):
-    """On the CPU, attention with dropout is recomputed in the backward pass to save memory; the dropout mask must
-    be the one the forward pass drew, so loss and gradients equal those of the plain computation."""
-    import bertforge.model
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_mask_drops_the_asked_share_and_keeps_the_mean(p):
+    from bertforge.model import Dropout, draw_drop_mask
 
-    def run():
-        torch.manual_seed(0)
-        model = tiny_model(attention_probs_dropout_prob=0.3, hidden_dropout_prob=0.0).train()
-        ids, types = random_batch()
-        torch.manual_seed(1)
-        loss = model(ids, torch.ones_like(ids), types).last_hidden_state.pow(2).mean()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.manual_seed(0)
+    dropped, scale = draw_drop_mask(torch.Size([1000, 1001]), p, torch.device("cpu"))  # not a multiple of 4
+    assert dropped.shape == (1000, 1001) and dropped.dtype == torch.bool
+    assert abs(dropped.float().mean().item() - p) < 0.002  # ~1M draws: the standard error is under 0.0005
+    assert abs(1 / scale - (1 - p)) < 1e-4
+    torch.manual_seed(0)
+    assert torch.equal(draw_drop_mask(torch.Size([1000, 1001]), p, torch.device("cpu"))[0], dropped)  # seeded
 
-    recomputed_loss, recomputed = run()
-    monkeypatch.setattr(bertforge.model, "checkpoint", lambda f, *args, use_reentrant, **kwargs: f(*args, **kwargs))
-    plain_loss, plain = run()
-    torch.testing.assert_close(recomputed_loss, plain_loss, rtol=0, atol=0)
-    for name, grad in plain.items():
-        torch.testing.assert_close(recomputed[name], grad, msg=name)
+    dropout = Dropout(p).train()
+    x = (torch.rand(1000, 1000) + 1).requires_grad_()
+    out = dropout(x)
+    survivors = out != 0
+    torch.testing.assert_close(out[survivors], x[survivors] * scale)  # inverted dropout keeps the expectation
+    assert abs(out.mean().item() / x.mean().item() - 1) < 0.01
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(x.grad, survivors.float() * scale)
+    assert torch.equal(dropout.eval()(x), x)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_attention_with_dropout_equals_autograd_through_the_formula(bf16):
+    """The CPU attention keeps only q, k, v and a bool mask and recomputes the probabilities in the backward pass;
+    its output and gradients must be autograd's through the same formula with the same mask."""
+    from bertforge.model import DropoutAttentionFunction, draw_drop_mask
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8, generator=generator).to(dtype).requires_grad_() for _ in range(3))
+    key_mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    key_mask[1, ..., 6:] = False
+    grad_out = torch.randn(2, 3, 9, 8, generator=generator).to(dtype)
+
+    torch.manual_seed(4)
+    ours = DropoutAttentionFunction.apply(q, k, v, key_mask, 0.3)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad_out)
+
+    torch.manual_seed(4)
+    scores = (q @ k.transpose(-1, -2)).float() / 8**0.5
+    probs = scores.masked_fill(~key_mask, torch.finfo(torch.float32).min).softmax(-1)
+    dropped, scale = draw_drop_mask(probs.shape, 0.3, torch.device("cpu"))
+    formula = (probs.masked_fill(dropped, 0).to(dtype) @ v) * scale
+    formula_grads = torch.autograd.grad(formula, (q, k, v), grad_out)
+
+    assert ours.dtype == dtype and 0.2 < dropped.float().mean() < 0.4
+    tolerance = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, formula, **tolerance)
+    for name, mine, reference in zip("qkv", ours_grads, formula_grads, strict=True):
+        torch.testing.assert_close(mine, reference, **tolerance, msg=name)
+    assert torch.count_nonzero(ours_grads[1][1, :, 6:]) == 0  # padding keys get no gradient
+
+
+def test_cpu_and_reference_attention_agree_in_expectation_under_dropout():
+    """Same weights, same inputs: the two attention paths draw different masks but average to the same output."""
+    model = tiny_model(attention_probs_dropout_prob=0.2, hidden_dropout_prob=0.0).train()
+    ids, types = random_batch(batch=2, length=9)
+    means = {}
+    with torch.no_grad():
+        for implementation in ("sdpa", "reference"):
+            model.config.attention_implementation = implementation
+            torch.manual_seed(0)
+            runs = [model(ids, torch.ones_like(ids), types).last_hidden_state for _ in range(300)]
+            means[implementation] = torch.stack(runs).mean(0)
+        model.eval()
+        exact = model(ids, torch.ones_like(ids), types).last_hidden_state
+    assert (means["sdpa"] - means["reference"]).abs().mean() < 0.05 * exact.abs().mean()
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.config import BertConfig
-from bertforge.model import ACTIVATION_FUNCTIONS, BertModel, BertPreTrainedModel
+from bertforge.model import ACTIVATION_FUNCTIONS, BertModel, BertPreTrainedModel, Dropout
 
 IGNORE_INDEX = -100  # label of positions that carry no MLM target (PyTorch's cross-entropy default)
 
@@ -236,7 +236,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.config = config
         self.num_labels = max(1, len(config.id2label)) if config.id2label else 2
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.init_weights()
 
@@ -279,7 +279,7 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.config = config
         self.num_labels = len(config.id2label) if config.id2label else 2
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.init_weights()
 
