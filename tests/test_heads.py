@@ -192,9 +192,15 @@ def test_task_heads_match_transformers(tmp_path, direction, task):
         torch.testing.assert_close(mine.start_logits[real], reference.start_logits[real], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mine.end_logits[real], reference.end_logits[real], atol=1e-5, rtol=1e-5)
         starts, ends = torch.tensor([1, 3, 40]), torch.tensor([2, 5, 41])  # the last lies outside: ignored
+        full = torch.ones_like(mask)  # transformers' loss keeps padding in the softmax; ours leaves it out
         with torch.no_grad():
             torch.testing.assert_close(
-                ours(ids, mask, types, start_positions=starts, end_positions=ends).loss,
-                theirs(input_ids=ids, attention_mask=mask, token_type_ids=types, start_positions=starts,
+                ours(ids, full, types, start_positions=starts, end_positions=ends).loss,
+                theirs(input_ids=ids, attention_mask=full, token_type_ids=types, start_positions=starts,
                        end_positions=ends).loss,
             )  # fmt: skip
+            losses = {}
+            for unpad in (True, False):  # padding is out of the loss, whichever way it was computed
+                ours.bert.unpad = unpad
+                losses[unpad] = ours(ids, mask, types, start_positions=starts, end_positions=ends).loss
+            torch.testing.assert_close(losses[True], losses[False])

@@ -212,3 +212,53 @@ def test_lean_feed_forward_backward_equals_autograd(bf16, activation):
     for lean, plain in zip(*results, strict=True):
         assert lean.dtype == plain.dtype
         torch.testing.assert_close(lean, plain, rtol=0, atol=0)
+
+
+def padded_batch(seed=3):
+    """Four sequences of 11, 4, 1 and 7 real tokens, right-padded to 11; real tokens of a row are contiguous."""
+    ids, types = random_batch(batch=4, length=11, seed=seed)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate((11, 4, 1, 7)):
+        mask[row, :length] = 1
+    return ids, mask, types
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "reference"])
+def test_unpadded_execution_equals_the_padded_path_outputs_and_gradients(implementation):
+    model = tiny_model(attention_implementation=implementation, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
+    ids, mask, types = padded_batch()
+    results = {}
+    for unpad in (True, False):
+        model.unpad = unpad
+        model.zero_grad()
+        out = model(ids, mask, types, output_hidden_states=True)
+        real = mask.bool()
+        loss = (out.last_hidden_state[real] ** 2).sum() + out.pooler_output.sum()
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        results[unpad] = (out, real, grads)
+    (unpadded, real, unpadded_grads), (padded, _, padded_grads) = results[True], results[False]
+    torch.testing.assert_close(unpadded.last_hidden_state[real], padded.last_hidden_state[real], rtol=1e-5, atol=1e-5)
+    assert unpadded.last_hidden_state[~real].abs().sum() == 0  # padding positions are zeros, never computed
+    torch.testing.assert_close(unpadded.pooler_output, padded.pooler_output, rtol=1e-5, atol=1e-5)
+    for mine, reference in zip(unpadded.hidden_states, padded.hidden_states, strict=True):
+        torch.testing.assert_close(mine[real], reference[real], rtol=1e-5, atol=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(unpadded_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_unpadded_training_with_dropout_runs_per_sequence():
+    from bertforge.model import PackedBatch
+
+    model = tiny_model().train()
+    ids, mask, types = padded_batch()
+    packed = PackedBatch.from_mask(mask)
+    assert packed.lengths == [11, 4, 1, 7] and packed.index.tolist()[11:15] == [11, 12, 13, 14]
+    torch.testing.assert_close(packed.unpack(packed.pack(ids[..., None].float())), (ids * mask)[..., None].float())
+    out = model(ids, mask, types)
+    out.pooler_output.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        left_padded = model(ids.flip(1), mask.flip(1), types.flip(1)).last_hidden_state  # padding first
+    assert left_padded[~mask.flip(1).bool()].abs().sum() == 0

@@ -339,8 +339,16 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             # Positions outside the window (clamped to T) are ignored, as in the original implementation.
             start = start_positions.clamp(0, length)
             end = end_positions.clamp(0, length)
+            start_scores, end_scores = start_logits.float(), end_logits.float()
+            if attention_mask is not None:
+                # An answer never starts or ends in padding. transformers leaves padding in the softmax, where
+                # its scores depend on how the padding was computed; here they are out of it, so the loss is
+                # the same on the padded and the unpadded paths (and, without padding, transformers' loss).
+                padding = ~attention_mask.bool()
+                start_scores = start_scores.masked_fill(padding, torch.finfo(torch.float32).min)
+                end_scores = end_scores.masked_fill(padding, torch.finfo(torch.float32).min)
             loss = (
-                F.cross_entropy(start_logits.float(), start, ignore_index=length)
-                + F.cross_entropy(end_logits.float(), end, ignore_index=length)
+                F.cross_entropy(start_scores, start, ignore_index=length)
+                + F.cross_entropy(end_scores, end, ignore_index=length)
             ) / 2
         return QuestionAnsweringOutput(start_logits=start_logits, end_logits=end_logits, loss=loss)

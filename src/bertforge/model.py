@@ -89,6 +89,41 @@ class Dropout(nn.Dropout):
         return super().forward(x)
 
 
+# ---- unpadded execution ----------------------------------------------------------------------------------------
+# Batches of real text are padded to their longest member: in Rotten Tomatoes batches of 32, about half of the
+# positions are padding. Everything but attention treats tokens independently, so packing the real tokens into
+# one (N, H) run skips that work exactly (as in NVIDIA's and MosaicBERT's "unpadded" BERT); attention then runs
+# sequence by sequence over real tokens only.
+
+
+@dataclass
+class PackedBatch:
+    """Where the N real tokens of a padded (B, T) batch go when packed into one (N, ·) run.
+
+    Sequence b's tokens are packed rows ``sum(lengths[:b])`` to ``sum(lengths[:b + 1])``, in their order.
+    """
+
+    index: Tensor  # (N,) flat positions b·T + t of the real tokens, sequence by sequence
+    lengths: list[int]  # B real-token counts, summing to N
+    batch_shape: tuple[int, int]  # (B, T)
+
+    @classmethod
+    def from_mask(cls, attention_mask: Tensor) -> PackedBatch:
+        """From a (B, T) mask, nonzero at real tokens."""
+        real = attention_mask.bool()
+        index = real.flatten().nonzero().squeeze(1)  # (N,), sorted: sequence by sequence
+        return cls(index, real.sum(1).tolist(), tuple(real.shape))
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, T, ...) → (N, ...)."""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, ...) → (B, T, ...), zeros at padding."""
+        padded = x.new_zeros(self.batch_shape[0] * self.batch_shape[1], *x.shape[1:])
+        return padded.index_copy(0, self.index, x).view(*self.batch_shape, *x.shape[1:])
+
+
 class BertEmbeddings(nn.Module):
     """Token vectors = word + learned position + segment (token type) embedding, then LayerNorm and dropout."""
 
@@ -100,10 +135,11 @@ class BertEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
-        """(B, T) ids and segment ids → (B, T, H)."""
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
-        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """(B, T) ids and segment ids → (B, T, H); or packed (N,) ids, segments and positions → (N, H)."""
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)  # (T,)
+        x = self.word(input_ids) + self.position(position_ids) + self.token_type(token_type_ids)
         return self.dropout(self.norm(x))
 
 
@@ -120,35 +156,52 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, x: Tensor, key_mask: Tensor | None, implementation: str, need_weights: bool = False
+        self,
+        x: Tensor,
+        key_mask: Tensor | None,
+        implementation: str,
+        need_weights: bool = False,
+        packed: PackedBatch | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend over the sequence.
 
         Args:
-            x: (B, T, H) input vectors.
+            x: (B, T, H) input vectors, or (N, H) when ``packed``.
             key_mask: (B, 1, 1, T) bool, True where a key may be attended (a real token); None attends to all.
             implementation: "sdpa" (PyTorch's fused kernel) or "reference" (the formula written out).
-            need_weights: also return the attention probabilities (uses the reference path).
+            need_weights: also return the attention probabilities (uses the reference path; not when packed).
+            packed: x holds the real tokens of a padded batch; each sequence attends within itself.
 
         Returns:
-            (B, T, H) output vectors and, when asked, (B, A, T, T) attention probabilities.
+            Output vectors shaped as x and, when asked, (B, A, T, T) attention probabilities.
         """
+        A, D = self.num_heads, self.head_size
+        if packed is not None:
+            contexts = []
+            for part in self.qkv(x).split(packed.lengths):  # (L, 3H) for each sequence of L real tokens
+                q, k, v = part.view(1, -1, 3, A, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (1, A, L, D)
+                context, _ = self.attend(q, k, v, None, implementation, need_weights=False)
+                contexts.append(context[0].transpose(0, 1).reshape(-1, A * D))  # (A, L, D) → (L, H)
+            return self.out(torch.cat(contexts)), None  # (N, H)
         B, T, H = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_size)  # (B, T, 3, A, D)
+        qkv = self.qkv(x).view(B, T, 3, A, D)  # (B, T, 3, A, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, A, T, D)
-        dropout = self.dropout_prob if self.training else 0.0
-        if implementation == "sdpa" and not need_weights and dropout > 0 and x.device.type == "cpu":
-            # On the CPU, attention dropout forces PyTorch's unfused path, which keeps (B, A, T, T) scores,
-            # probabilities and an fp32 mask for the backward pass; this keeps a bool mask and recomputes the rest.
-            context = DropoutAttentionFunction.apply(q, k, v, key_mask, dropout)
-            probs = None
-        elif implementation == "sdpa" and not need_weights:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
-            probs = None
-        else:
-            context, probs = reference_attention(q, k, v, key_mask, dropout)
+        context, probs = self.attend(q, k, v, key_mask, implementation, need_weights)
         context = context.transpose(1, 2).reshape(B, T, H)  # (B, A, T, D) → (B, T, H)
         return self.out(context), probs
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, implementation: str, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """(B, A, T, D) queries, keys and values → (B, A, T, D) context, and the probabilities when asked."""
+        dropout = self.dropout_prob if self.training else 0.0
+        if implementation == "sdpa" and not need_weights and dropout > 0 and q.device.type == "cpu":
+            # On the CPU, attention dropout forces PyTorch's unfused path, which keeps (B, A, T, T) scores,
+            # probabilities and an fp32 mask for the backward pass; this keeps a bool mask and recomputes the rest.
+            return DropoutAttentionFunction.apply(q, k, v, key_mask, dropout), None
+        if implementation == "sdpa" and not need_weights:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout), None
+        return reference_attention(q, k, v, key_mask, dropout)
 
 
 def reference_attention(
@@ -269,10 +322,16 @@ class BertLayer(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, x: Tensor, key_mask: Tensor | None, implementation: str, need_weights: bool = False
+        self,
+        x: Tensor,
+        key_mask: Tensor | None,
+        implementation: str,
+        need_weights: bool = False,
+        packed: PackedBatch | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """(B, T, H) → (B, T, H), plus (B, A, T, T) attention probabilities when ``need_weights``."""
-        attended, probs = self.attention(x, key_mask, implementation, need_weights)
+        """(B, T, H) → (B, T, H), or (N, H) → (N, H) when ``packed``; plus (B, A, T, T) attention probabilities
+        when ``need_weights``."""
+        attended, probs = self.attention(x, key_mask, implementation, need_weights, packed)
         x = self.attention_norm(x + self.dropout(attended))
         x = self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
         return x, probs
@@ -337,6 +396,8 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        # On the CPU, run padded batches on their real tokens only (PackedBatch); False keeps the padded path.
+        self.unpad = True
         self.init_weights()
 
     def forward(
@@ -363,15 +424,28 @@ class BertModel(BertPreTrainedModel):
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         implementation = self.config.attention_implementation
 
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        packed = None
+        if self.unpad and attention_mask is not None and input_ids.device.type == "cpu" and not output_attentions:
+            # Per-sequence attention costs a kernel launch per sequence: worth it on the CPU, not on a GPU.
+            real = attention_mask.bool()
+            if not real.all() and real.any(1).all():
+                packed = PackedBatch.from_mask(real)
+        if packed is not None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, T)
+            x = self.embeddings(packed.pack(input_ids), packed.pack(token_type_ids), packed.pack(positions))  # (N, H)
+        else:
+            x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for layer in self.layers:
-            x, probs = layer(x, key_mask, implementation, need_weights=output_attentions)
+            x, probs = layer(x, key_mask, implementation, need_weights=output_attentions, packed=packed)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:
                 attentions.append(probs)
+        if packed is not None:  # back to (B, T, H), zeros at padding
+            x = packed.unpack(x)
+            hidden_states = [packed.unpack(h) for h in hidden_states] if hidden_states is not None else None
         return BertModelOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x) if self.pooler is not None else None,
