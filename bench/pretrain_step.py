@@ -12,6 +12,7 @@ On CUDA (``--device cuda``) the two plain sides run and peak memory is the GPU's
 the allocator setting is glibc's and does not apply.
 
     .venv/bin/python -m bench.pretrain_step [--steps 10] [--precision fp32|bf16] [--device cpu|cuda] [--batch 32]
+        [--model small|base|...]
 """
 
 from __future__ import annotations
@@ -25,7 +26,18 @@ import torch
 
 from bench.common import machine, peak_rss_mb, run_child
 
-SMALL = dict(vocab_size=30522, hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048)
+VOCAB = 30522
+
+
+def sizes(preset: str) -> dict[str, int]:
+    """The preset's shape (bert-small: 4 layers, hidden 512, 8 heads, FFN 2048) with the 30,522-token vocabulary."""
+    from bertforge.config import PRESETS
+
+    layers, hidden = PRESETS[preset]
+    return dict(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                intermediate_size=4 * hidden)  # fmt: skip
+
+
 LENGTH = 128
 SIDES = ("transformers", "bertforge", "transformers+allocator", "bertforge+allocator")
 
@@ -34,7 +46,7 @@ def make_batches(count: int, batch_size: int, device: str) -> list[dict[str, tor
     generator = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(count):
-        ids = torch.randint(1000, SMALL["vocab_size"], (batch_size, LENGTH), generator=generator)
+        ids = torch.randint(1000, VOCAB, (batch_size, LENGTH), generator=generator)
         ids[:, 0], ids[:, 63], ids[:, -1] = 101, 102, 102
         labels = torch.full((batch_size, LENGTH), -100)
         for row in range(batch_size):
@@ -50,7 +62,7 @@ def make_batches(count: int, batch_size: int, device: str) -> list[dict[str, tor
     return batches
 
 
-def child(side: str, steps: int, precision: str, device: str, batch_size: int) -> None:
+def child(side: str, steps: int, precision: str, device: str, batch_size: int, preset: str) -> None:
     if side.endswith("+allocator"):
         from bertforge.train import return_freed_memory_to_the_system
 
@@ -60,7 +72,7 @@ def child(side: str, steps: int, precision: str, device: str, batch_size: int) -
         from bertforge import BertConfig
         from bertforge.heads import BertForPreTraining
 
-        model = BertForPreTraining(BertConfig(**SMALL))
+        model = BertForPreTraining(BertConfig(**sizes(preset)))
 
         def forward(batch):
             return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
@@ -68,7 +80,7 @@ def child(side: str, steps: int, precision: str, device: str, batch_size: int) -
     else:
         import transformers
 
-        model = transformers.BertForPreTraining(transformers.BertConfig(**SMALL))
+        model = transformers.BertForPreTraining(transformers.BertConfig(**sizes(preset)))
 
         def forward(batch):
             return model(**batch).loss
@@ -101,21 +113,31 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step (the issue's figure is for 32)")
+    parser.add_argument("--model", default="small", help="a preset: the issue's figure is for small; base on a GPU")
     parser.add_argument("--child", choices=SIDES)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.steps, args.precision, args.device, args.batch)
+        child(args.child, args.steps, args.precision, args.device, args.batch, args.model)
         return
     cuda = args.device.startswith("cuda")
     print(machine())
     if cuda:
         print(f"GPU: {torch.cuda.get_device_name(torch.device(args.device))}")
-    print(f"pretraining step, bert-small, seq {LENGTH}, batch {args.batch}, {args.precision}, AdamW, "
+    print(f"pretraining step, bert-{args.model}, seq {LENGTH}, batch {args.batch}, {args.precision}, AdamW, "
           f"{args.steps} steps, {args.device}")  # fmt: skip
     memory = "peak GPU memory" if cuda else "peak RSS"
     results = {}
     for side in SIDES[:2] if cuda else SIDES:
-        options = ["--steps", str(args.steps), "--precision", args.precision, "--device", args.device]
+        options = [
+            "--steps",
+            str(args.steps),
+            "--precision",
+            args.precision,
+            "--device",
+            args.device,
+            "--model",
+            args.model,
+        ]
         results[side] = run_child("bench.pretrain_step", "--child", side, *options, "--batch", str(args.batch))
         r = results[side]
         print(f"  {side:<23} {r['tokens_per_s']:8.0f} tokens/s  (step median {r['median_step_s']:.4f} s, "
