@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.pretrain_step
 	$(PY) -m bench.finetune_sentiment
 	$(PY) -m bench.squad --precision bf16
+	$(PY) -m bench.suite
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
