@@ -35,7 +35,7 @@ def test_embed_matches_mean_pooled_transformers(minilm_dir, tmp_path):
     texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     output = tmp_path / "emb.npy"
     assert main(["embed", "--model", str(minilm_dir), "--input", str(texts), "--output", str(output),
-                 "--normalize", "--batch-size", "2"]) == 0  # fmt: skip
+                 "--normalize", "--batch-size", "2", "--precision", "fp32"]) == 0  # fmt: skip
     vectors = np.load(output)
     assert vectors.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -48,6 +48,12 @@ def test_embed_matches_mean_pooled_transformers(minilm_dir, tmp_path):
     mask = batch["attention_mask"].unsqueeze(-1).float()
     expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+    # bf16 autocast runs the matmuls with 8-bit mantissas: the vectors move, their directions barely do.
+    assert main(["embed", "--model", str(minilm_dir), "--input", str(texts), "--output", str(output),
+                 "--normalize", "--precision", "bf16"]) == 0  # fmt: skip
+    cosines = (np.load(output) * expected).sum(1)
+    assert cosines.min() > 0.995, cosines
 
 
 def test_tokenizer_train_writes_a_loadable_folder(tmp_path):

@@ -66,6 +66,7 @@ def embed(
     batch_size: int = 32,
     max_length: int = 512,
     normalize: bool = False,
+    precision: str = "auto",
 ) -> None:
     """Turn a text file (one text per line) into a NumPy array of sentence vectors, one row per line.
 
@@ -97,6 +98,7 @@ def embed(
         max_length=min(max_length, encoder.config.max_position_embeddings),
         normalize=normalize,
         show_progress=True,
+        precision=precision,
     )
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     np.save(output, vectors)
@@ -276,6 +278,7 @@ def evaluate(
     max_length: int = 0,
     long_text: str = "truncate",
     bad_rows: str = "fail",
+    precision: str = "fp32",
 ) -> None:
     """Score a fine-tuned model on labelled data; the task follows from the model's head.
 
@@ -286,17 +289,17 @@ def evaluate(
     """
     architecture = _architecture(model)
     if architecture == "BertForQuestionAnswering":
-        _evaluate_qa(model, data, max_length)
+        _evaluate_qa(model, data, max_length, precision)
         return
     if architecture == "BertForTokenClassification":
-        _evaluate_ner(model, data, max_length)
+        _evaluate_ner(model, data, max_length, precision)
         return
     max_length = max_length or 128
     from bertforge.finetune import evaluate_model, print_report, read_split
     from bertforge.heads import BertForSequenceClassification
     from bertforge.settings import FinetuneConfig
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_device
+    from bertforge.train import pick_device, pick_precision
 
     name, _, split = data.partition(":")
     classifier = BertForSequenceClassification.from_pretrained(model)
@@ -310,7 +313,7 @@ def evaluate(
     file = read_split(settings, split or "test", None if regression else labels)
     device = pick_device("auto")
     tokenizer = BertTokenizer.from_pretrained(model)
-    scores = evaluate_model(classifier.to(device), tokenizer, file, settings, device, "fp32")
+    scores = evaluate_model(classifier.to(device), tokenizer, file, settings, device, pick_precision(precision, device))
     print_report(scores, labels, regression, title=str(file.path))
 
 
@@ -325,13 +328,13 @@ def _run_settings(settings_class: type, model: str, name: str, file: str) -> Any
     return settings_class(**{**{k: v for k, v in known.items() if k in fields}, "model": model, "train": name})
 
 
-def _evaluate_qa(model: str, data: str, max_length: int) -> None:
+def _evaluate_qa(model: str, data: str, max_length: int, precision: str) -> None:
     """Exact match and F1, windows and post-processing set as in the model's fine-tuning run when it is known."""
     from bertforge.data.squad import read_squad, resolve_squad
     from bertforge.finetune_qa import evaluate_qa
     from bertforge.heads import BertForQuestionAnswering
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_device
+    from bertforge.train import pick_device, pick_precision
 
     name, _, split = data.partition(":")
     squad = read_squad(resolve_squad(name, split or "dev"))
@@ -340,15 +343,16 @@ def _evaluate_qa(model: str, data: str, max_length: int) -> None:
     settings = _run_settings(QaConfig, model, name, "qa_config.json")
     if max_length:
         settings.max_length, settings.doc_stride = max_length, min(settings.doc_stride, max_length // 4)
-    scores, _ = evaluate_qa(reader, BertTokenizer.from_pretrained(model), squad, settings, device, "fp32")
+    tokenizer, precision = BertTokenizer.from_pretrained(model), pick_precision(precision, device)
+    scores, _ = evaluate_qa(reader, tokenizer, squad, settings, device, precision)
     print(f"{data}: exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} on {scores['questions']} questions")
 
 
-def _evaluate_ner(model: str, data: str, max_length: int) -> None:
+def _evaluate_ner(model: str, data: str, max_length: int, precision: str) -> None:
     from bertforge.finetune_ner import evaluate_tagger, read_bio
     from bertforge.heads import BertForTokenClassification
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_device
+    from bertforge.train import pick_device, pick_precision
 
     name, _, split = data.partition(":")
     settings = _run_settings(NerConfig, model, name, "ner_config.json")
@@ -357,7 +361,8 @@ def _evaluate_ner(model: str, data: str, max_length: int) -> None:
     sentences, _ = read_bio(name, split or "test", settings, None)
     device = pick_device("auto")
     tagger = BertForTokenClassification.from_pretrained(model).to(device)
-    scores = evaluate_tagger(tagger, BertTokenizer.from_pretrained(model), sentences, settings, device, "fp32")
+    tokenizer, precision = BertTokenizer.from_pretrained(model), pick_precision(precision, device)
+    scores = evaluate_tagger(tagger, tokenizer, sentences, settings, device, precision)
     print(f"{data}: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall "
           f"{scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
     for kind, by_type in scores["per_type"].items():
@@ -372,6 +377,7 @@ def predict(
     max_length: int = 512,
     long_text: str = "truncate",
     batch_size: int = 32,
+    precision: str = "auto",
 ) -> None:
     """Run a fine-tuned model on new inputs: one JSON object per input line, in input order.
 
@@ -395,15 +401,17 @@ def predict(
     records: list[dict[str, Any]]
     if architecture == "BertForQuestionAnswering":
         items = _jsonl_items(input, lines, ("question", "context"), ())
-        reader = pipeline("question-answering", model=model, max_length=min(max_length, 384))
+        reader = pipeline("question-answering", model=model, max_length=min(max_length, 384), precision=precision)
         answers = reader(items, top_k=max(top_k, 1), batch_size=batch_size)
         records = [{"answers": found} if top_k > 1 else found for found in answers]
     elif architecture == "BertForTokenClassification":
-        tagger = pipeline("ner", model=model, max_length=max_length)
+        tagger = pipeline("ner", model=model, max_length=max_length, precision=precision)
         records = [{"text": text, "entities": found} for text, found in zip(lines, tagger(lines), strict=True)]
     else:
         items = _jsonl_items(input, lines, ("text",), ("text_pair",)) if input.endswith(".jsonl") else lines
-        classify = pipeline("text-classification", model=model, max_length=max_length, long_text=long_text)
+        classify = pipeline(
+            "text-classification", model=model, max_length=max_length, long_text=long_text, precision=precision
+        )
         records = []
         for result in classify(items, top_k=max(top_k, 1), batch_size=batch_size):
             ranked = result if isinstance(result, list) else [result]
@@ -464,6 +472,7 @@ class Option:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+PRECISION_HELP = "fp32, bf16 (autocast: fast on CPUs with AVX-512 BF16 and on GPUs), or auto: bf16 where native"
 COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
     "tokenizer train": (
         tokenizer_train,
@@ -485,6 +494,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("batch_size", "texts per forward pass"),
             Option("max_length", "truncate texts to this many tokens"),
             Option("normalize", "scale each vector to unit L2 norm"),
+            Option("precision", PRECISION_HELP, choices=("auto", "fp32", "bf16")),
         ],
     ),
     "data prepare": (
@@ -538,6 +548,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("max_length", "tokens per input (0: 128, or 384 for question answering)"),
             Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
             Option("bad_rows", "fail on a bad row, or skip and count it", choices=("fail", "skip")),
+            Option("precision", PRECISION_HELP, choices=("fp32", "bf16", "auto")),
         ],
     ),
     "predict": (
@@ -550,6 +561,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("max_length", "tokens per input"),
             Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
             Option("batch_size", "inputs per forward pass"),
+            Option("precision", PRECISION_HELP, choices=("auto", "fp32", "bf16")),
         ],
     ),
     "plot": (plot, [Option("run", "a run folder holding metrics.jsonl")]),
