@@ -67,6 +67,7 @@ def embed(
     max_length: int = 512,
     normalize: bool = False,
     precision: str = "auto",
+    quantize: str = "none",
 ) -> None:
     """Turn a text file (one text per line) into a NumPy array of sentence vectors, one row per line.
 
@@ -80,13 +81,14 @@ def embed(
 
     from bertforge.embeddings import embed_texts, read_text_lines
     from bertforge.model import BertModel
+    from bertforge.quantize import quantize_encoder
     from bertforge.tokenizer import BertTokenizer
 
     texts = read_text_lines(input)
     blank = sum(1 for text in texts if not text.strip())
     if blank:
         log.info("%s: %d blank line(s) are embedded as empty texts, keeping one row per line", input, blank)
-    encoder = BertModel.from_pretrained(model)
+    encoder = quantize_encoder(BertModel.from_pretrained(model), quantize)
     tokenizer = BertTokenizer.from_pretrained(model)
     started = time.perf_counter()
     vectors = embed_texts(
@@ -279,6 +281,7 @@ def evaluate(
     long_text: str = "truncate",
     bad_rows: str = "fail",
     precision: str = "fp32",
+    quantize: str = "none",
 ) -> None:
     """Score a fine-tuned model on labelled data; the task follows from the model's head.
 
@@ -289,20 +292,21 @@ def evaluate(
     """
     architecture = _architecture(model)
     if architecture == "BertForQuestionAnswering":
-        _evaluate_qa(model, data, max_length, precision)
+        _evaluate_qa(model, data, max_length, precision, quantize)
         return
     if architecture == "BertForTokenClassification":
-        _evaluate_ner(model, data, max_length, precision)
+        _evaluate_ner(model, data, max_length, precision, quantize)
         return
     max_length = max_length or 128
     from bertforge.finetune import evaluate_model, print_report, read_split
     from bertforge.heads import BertForSequenceClassification
+    from bertforge.quantize import quantize_encoder
     from bertforge.settings import FinetuneConfig
     from bertforge.tokenizer import BertTokenizer
     from bertforge.train import pick_device, pick_precision
 
     name, _, split = data.partition(":")
-    classifier = BertForSequenceClassification.from_pretrained(model)
+    classifier = quantize_encoder(BertForSequenceClassification.from_pretrained(model), quantize)
     labels = [classifier.config.id2label[i] for i in range(len(classifier.config.id2label))]
     regression = classifier.num_labels == 1
     settings = FinetuneConfig(
@@ -311,7 +315,7 @@ def evaluate(
         long_text=long_text, bad_rows=bad_rows,
     )  # fmt: skip
     file = read_split(settings, split or "test", None if regression else labels)
-    device = pick_device("auto")
+    device = pick_device("cpu" if quantize != "none" else "auto")
     tokenizer = BertTokenizer.from_pretrained(model)
     scores = evaluate_model(classifier.to(device), tokenizer, file, settings, device, pick_precision(precision, device))
     print_report(scores, labels, regression, title=str(file.path))
@@ -328,18 +332,19 @@ def _run_settings(settings_class: type, model: str, name: str, file: str) -> Any
     return settings_class(**{**{k: v for k, v in known.items() if k in fields}, "model": model, "train": name})
 
 
-def _evaluate_qa(model: str, data: str, max_length: int, precision: str) -> None:
+def _evaluate_qa(model: str, data: str, max_length: int, precision: str, quantize: str) -> None:
     """Exact match and F1, windows and post-processing set as in the model's fine-tuning run when it is known."""
     from bertforge.data.squad import read_squad, resolve_squad
     from bertforge.finetune_qa import evaluate_qa
     from bertforge.heads import BertForQuestionAnswering
+    from bertforge.quantize import quantize_encoder
     from bertforge.tokenizer import BertTokenizer
     from bertforge.train import pick_device, pick_precision
 
     name, _, split = data.partition(":")
     squad = read_squad(resolve_squad(name, split or "dev"))
-    device = pick_device("auto")
-    reader = BertForQuestionAnswering.from_pretrained(model).to(device)
+    device = pick_device("cpu" if quantize != "none" else "auto")
+    reader = quantize_encoder(BertForQuestionAnswering.from_pretrained(model), quantize).to(device)
     settings = _run_settings(QaConfig, model, name, "qa_config.json")
     if max_length:
         settings.max_length, settings.doc_stride = max_length, min(settings.doc_stride, max_length // 4)
@@ -348,9 +353,10 @@ def _evaluate_qa(model: str, data: str, max_length: int, precision: str) -> None
     print(f"{data}: exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} on {scores['questions']} questions")
 
 
-def _evaluate_ner(model: str, data: str, max_length: int, precision: str) -> None:
+def _evaluate_ner(model: str, data: str, max_length: int, precision: str, quantize: str) -> None:
     from bertforge.finetune_ner import evaluate_tagger, read_bio
     from bertforge.heads import BertForTokenClassification
+    from bertforge.quantize import quantize_encoder
     from bertforge.tokenizer import BertTokenizer
     from bertforge.train import pick_device, pick_precision
 
@@ -359,8 +365,8 @@ def _evaluate_ner(model: str, data: str, max_length: int, precision: str) -> Non
     if max_length:
         settings.max_length, settings.window_stride = max_length, min(settings.window_stride, max_length // 4)
     sentences, _ = read_bio(name, split or "test", settings, None)
-    device = pick_device("auto")
-    tagger = BertForTokenClassification.from_pretrained(model).to(device)
+    device = pick_device("cpu" if quantize != "none" else "auto")
+    tagger = quantize_encoder(BertForTokenClassification.from_pretrained(model), quantize).to(device)
     tokenizer, precision = BertTokenizer.from_pretrained(model), pick_precision(precision, device)
     scores = evaluate_tagger(tagger, tokenizer, sentences, settings, device, precision)
     print(f"{data}: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall "
@@ -378,6 +384,7 @@ def predict(
     long_text: str = "truncate",
     batch_size: int = 32,
     precision: str = "auto",
+    quantize: str = "none",
 ) -> None:
     """Run a fine-tuned model on new inputs: one JSON object per input line, in input order.
 
@@ -395,23 +402,22 @@ def predict(
     from bertforge.pipelines import pipeline
 
     architecture = _architecture(model)
+    options = {"precision": precision, "quantize": quantize, "device": "cpu" if quantize != "none" else "auto"}
     lines = sys.stdin.read().splitlines() if input == "-" else read_text_lines(input)
     if not lines:
         raise BertforgeError("no input: give one text per line on standard input, or --input FILE")
     records: list[dict[str, Any]]
     if architecture == "BertForQuestionAnswering":
         items = _jsonl_items(input, lines, ("question", "context"), ())
-        reader = pipeline("question-answering", model=model, max_length=min(max_length, 384), precision=precision)
+        reader = pipeline("question-answering", model=model, max_length=min(max_length, 384), **options)
         answers = reader(items, top_k=max(top_k, 1), batch_size=batch_size)
         records = [{"answers": found} if top_k > 1 else found for found in answers]
     elif architecture == "BertForTokenClassification":
-        tagger = pipeline("ner", model=model, max_length=max_length, precision=precision)
+        tagger = pipeline("ner", model=model, max_length=max_length, **options)
         records = [{"text": text, "entities": found} for text, found in zip(lines, tagger(lines), strict=True)]
     else:
         items = _jsonl_items(input, lines, ("text",), ("text_pair",)) if input.endswith(".jsonl") else lines
-        classify = pipeline(
-            "text-classification", model=model, max_length=max_length, long_text=long_text, precision=precision
-        )
+        classify = pipeline("text-classification", model=model, max_length=max_length, long_text=long_text, **options)
         records = []
         for result in classify(items, top_k=max(top_k, 1), batch_size=batch_size):
             ranked = result if isinstance(result, list) else [result]
@@ -472,6 +478,7 @@ class Option:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+QUANTIZE_HELP = "int8: the encoder's linear layers in int8 with per-token scales (CPU inference; bertforge.quantize)"
 PRECISION_HELP = "fp32, bf16 (autocast: fast on CPUs with AVX-512 BF16 and on GPUs), or auto: bf16 where native"
 COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
     "tokenizer train": (
@@ -495,6 +502,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("max_length", "truncate texts to this many tokens"),
             Option("normalize", "scale each vector to unit L2 norm"),
             Option("precision", PRECISION_HELP, choices=("auto", "fp32", "bf16")),
+            Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),
         ],
     ),
     "data prepare": (
@@ -549,6 +557,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
             Option("bad_rows", "fail on a bad row, or skip and count it", choices=("fail", "skip")),
             Option("precision", PRECISION_HELP, choices=("fp32", "bf16", "auto")),
+            Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),
         ],
     ),
     "predict": (
@@ -562,6 +571,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
             Option("batch_size", "inputs per forward pass"),
             Option("precision", PRECISION_HELP, choices=("auto", "fp32", "bf16")),
+            Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),
         ],
     ),
     "plot": (plot, [Option("run", "a run folder holding metrics.jsonl")]),

@@ -303,7 +303,10 @@ class FeedForward(nn.Module):
         self.gelu_approximation = GELU_APPROXIMATIONS.get(config.hidden_act)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.gelu_approximation is not None and torch.is_grad_enabled():  # training: the memory-lean path
+        lean = (
+            self.gelu_approximation is not None and isinstance(self.up, nn.Linear) and isinstance(self.down, nn.Linear)
+        )
+        if lean and torch.is_grad_enabled():  # training: the memory-lean path
             return GeluFeedForwardFunction.apply(
                 x, self.up.weight, self.up.bias, self.down.weight, self.down.bias, self.gelu_approximation
             )

@@ -23,8 +23,9 @@ from bertforge.heads import (
     BertForSequenceClassification,
     BertForTokenClassification,
 )
-from bertforge.model import BertModel
+from bertforge.model import BertModel, ModelT
 from bertforge.qa import best_spans, encode_questions, window_logits
+from bertforge.quantize import quantize_encoder
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import autocast, pick_device, pick_precision
 
@@ -55,6 +56,7 @@ def pipeline(
     *,
     device: str = "auto",
     precision: str = "fp32",
+    quantize: str = "none",
     max_length: int | None = None,
     long_text: str = "truncate",
     aggregation: str = "simple",
@@ -68,7 +70,8 @@ def pipeline(
     """Build the pipeline for ``task`` from a checkpoint folder (or a packaged model's name).
 
     ``max_length`` and ``long_text`` ("truncate" or "window") apply to text classification; they default to
-    the values the model was fine-tuned with when its run saved them.
+    the values the model was fine-tuned with when its run saved them. ``quantize="int8"`` runs the encoder's
+    linear layers in int8 on the CPU (:mod:`bertforge.quantize`).
     """
     if task not in TASKS:
         raise BertforgeError(f"unknown task {task!r}; bertforge pipelines: {', '.join(TASKS)}")
@@ -77,21 +80,27 @@ def pipeline(
     folder = resolve_model_dir(model)
     tokenizer = BertTokenizer.from_pretrained(folder)
     target = pick_device(device)
+    if quantize != "none" and target.type != "cpu":
+        raise BertforgeError(f"quantize={quantize!r} is for CPU inference; pass device='cpu'")
+
+    def load(model_class: type[ModelT]) -> ModelT:
+        return quantize_encoder(model_class.from_pretrained(folder), quantize)
+
     if task == "fill-mask":
-        return FillMaskPipeline(BertForMaskedLM.from_pretrained(folder), tokenizer, target, precision)
+        return FillMaskPipeline(load(BertForMaskedLM), tokenizer, target, precision)
     if task == "feature-extraction":
-        return FeatureExtractionPipeline(BertModel.from_pretrained(folder), tokenizer, target, precision)
+        return FeatureExtractionPipeline(load(BertModel), tokenizer, target, precision)
     if task in ("ner", "token-classification"):
-        tagger = BertForTokenClassification.from_pretrained(folder)
+        tagger = load(BertForTokenClassification)
         return TokenClassificationPipeline(
             tagger, tokenizer, target, precision, aggregation=aggregation,
             max_length=max_length or tokenizer.model_max_length,
         )  # fmt: skip
     if task == "question-answering":
-        reader = BertForQuestionAnswering.from_pretrained(folder)
+        reader = load(BertForQuestionAnswering)
         return QuestionAnsweringPipeline(reader, tokenizer, target, precision,
                                          max_length=max_length or tokenizer.model_max_length)  # fmt: skip
-    classifier = BertForSequenceClassification.from_pretrained(folder)
+    classifier = load(BertForSequenceClassification)
     if not classifier.config.id2label:
         raise BertforgeError(f"{folder}: has no labels in config.json; {HOW_TO_GET_A_MODEL[task]}")
     return TextClassificationPipeline(

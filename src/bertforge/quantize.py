@@ -1,0 +1,75 @@
+"""Dynamic int8 quantisation of the encoder's linear layers, for CPU inference.
+
+Weights become int8 with one scale per output feature; each input row (token) is quantised on the fly with its
+own scale, so a matmul is int8 × int8 → int32 (VNNI instructions where the CPU has them), rescaled to float
+(Jacob et al., 2018; the scheme of PyTorch's own dynamic quantisation). The projections and feed-forward layers
+hold nearly all of a BERT's arithmetic; embeddings, LayerNorm, softmax, the pooler and task heads stay in float.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bertforge.errors import BertforgeError
+
+QUANTIZATIONS = ("none", "int8")
+
+
+def symmetric_int8(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """x ≈ q · scale, q in [-127, 127], one scale per slice along ``dim`` (its absolute maximum / 127)."""
+    scale = x.abs().amax(dim=dim, keepdim=True).clamp_min(1e-12) / 127
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """A frozen ``nn.Linear`` computing x Wᵀ + b with int8 weights and per-token int8 inputs."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight, scale = symmetric_int8(linear.weight.detach().float(), dim=1)  # (N, K), (N, 1)
+        self.register_buffer("weight_t", weight.t().contiguous())  # (K, N), the layout the int8 matmul reads
+        self.register_buffer("weight_scale", scale.view(1, -1))  # (1, N)
+        bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(weight.shape[0])
+        self.register_buffer("bias", bias)  # (N,)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., K) → (..., N) in x's dtype."""
+        rows = x.reshape(-1, self.in_features).float()  # (M, K)
+        quantised, scale = symmetric_int8(rows, dim=1)  # (M, K) int8, (M, 1)
+        if rows.shape[0] <= 16:  # the int8 kernel wants more than 16 rows; pad a few zero rows
+            padding = quantised.new_zeros(17 - rows.shape[0], self.in_features)
+            product = torch._int_mm(torch.cat([quantised, padding]), self.weight_t)[: rows.shape[0]]
+        else:
+            product = torch._int_mm(quantised, self.weight_t)  # (M, N) int32
+        # acc · s_x · s_w + bias, in place on one new (M, N) tensor: fresh large buffers cost page faults
+        out = (product * scale).mul_(self.weight_scale).add_(self.bias)
+        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_encoder(model: nn.Module, quantization: str = "int8") -> nn.Module:
+    """Replace the linear layers inside every encoder layer of ``model`` with :class:`Int8Linear`, in place.
+
+    For inference on the CPU only: the result cannot be trained, and checkpoints should be saved before.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise BertforgeError(f"quantize {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "none":
+        return model
+    from bertforge.model import BertLayer
+
+    layers = [module for module in model.modules() if isinstance(module, BertLayer)]
+    if not layers:
+        raise BertforgeError("no BERT encoder layers to quantise in this model")
+    if next(model.parameters()).device.type != "cpu":
+        raise BertforgeError("int8 quantisation is for CPU inference; move the model to the CPU first")
+    for layer in layers:
+        for parent in list(layer.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, Int8Linear(child))
+    return model.eval()
