@@ -8,6 +8,8 @@ useful GFLOP/s (matmuls over real tokens only) as a share of the matmul peak mea
                                        weights) or a base-size config (random weights); Rotten Tomatoes sentences
                                        or IMDB reviews truncated at 512. Both sides get the same padded batches
                                        (padded to the longest, as transformers' examples do); bertforge unpads.
+    infer-minilm-rt-int8               the same with int8 linear layers: bertforge.quantize vs PyTorch's
+                                       dynamic quantisation of transformers' model
     fixed-base-<precision>             base, seq 128, batch 16, no padding: the kernels themselves
     pretrain-step                      bench.pretrain_step's bert-small training step (fp32, batch 32, seq 128)
     finetune-step                      MiniLM-L6 classification training steps on Rotten Tomatoes batches (fp32)
@@ -103,15 +105,23 @@ def timed(work, repeats: int) -> list[float]:
     return times
 
 
-def encoder(side: str, folder: Path):
+def encoder(side: str, folder: Path, precision: str):
+    """A forward function over a batch dict; int8: bertforge.quantize vs PyTorch's dynamic quantisation."""
     if side == "bertforge":
         from bertforge import BertModel
+        from bertforge.quantize import quantize_encoder
 
-        model = BertModel.from_pretrained(folder).eval()
+        model = quantize_encoder(BertModel.from_pretrained(folder).eval(), "int8" if precision == "int8" else "none")
         return lambda b: model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    import warnings
+
     import transformers
 
     reference = transformers.BertModel.from_pretrained(folder).eval()
+    if precision == "int8":
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, not installed here
+            warnings.simplefilter("ignore")
+            reference = torch.ao.quantization.quantize_dynamic(reference, {torch.nn.Linear}, dtype=torch.qint8)
     return lambda b: reference(**b)
 
 
@@ -125,7 +135,7 @@ def inference_child(side: str, model_name: str, texts_name: str, precision: str,
     else:
         source, count = {"rt": ("rotten_tomatoes", sizes["rt"]), "imdb": ("imdb", sizes["imdb"])}[texts_name]
         batches = padded_batches(folder, review_texts(source, count), 512)
-    forward = encoder(side, folder)
+    forward = encoder(side, folder, precision)
 
     def work():
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -239,12 +249,13 @@ def matmul_peak() -> dict[str, float]:
     return peaks
 
 
-def cases(quick: bool) -> list[tuple[str, list[str]]]:
+def cases() -> list[tuple[str, list[str]]]:
     listing = []
     for model in ("minilm", "base"):
         for texts in ("rt", "imdb"):
             for precision in ("fp32", "bf16"):
                 listing.append((f"infer-{model}-{texts}-{precision}", ["infer", model, texts, precision]))
+    listing.append(("infer-minilm-rt-int8", ["infer", "minilm", "rt", "int8"]))
     listing += [(f"fixed-base-{p}", ["infer", "base", "fixed", p]) for p in ("fp32", "bf16")]
     listing += [("pretrain-step", ["pretrain"]), ("finetune-step", ["finetune"]), ("tokenizer", ["tokenizer"]),
                 ("startup", ["startup"])]  # fmt: skip
@@ -310,10 +321,10 @@ def main() -> None:
           f"{'GFLOP/s':>8} {'peak':>5} {'RSS MB':>7}")  # fmt: skip
     report = {"machine": machine(), "matmul_peak_gflops": peaks, "size": size, "cases": {}}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, spec in cases(args.quick):
+        for name, spec in cases():
             if not fnmatch.fnmatch(name, args.only):
                 continue
-            precision = "bf16" if name.endswith("bf16") else "fp32"
+            precision = "bf16" if name.endswith("bf16") else "fp32"  # int8 is measured against the fp32 peak
             rows = {}
             for side in ("transformers", "bertforge"):
                 rows[side] = summarise(run_case(side, spec, size, Path(scratch)), peaks[precision])
