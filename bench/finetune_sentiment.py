@@ -1,7 +1,7 @@
 """Fine-tuning MiniLM-L6 for sentiment: bertforge's recipe vs transformers' BertForSequenceClassification.
 
 Both sides: the same catalogue splits, the same hyper-parameters (2 epochs, batch 32, AdamW lr 5e-5 with no decay
-on biases/LayerNorm, weight decay 0.01, 10% linear warm-up then linear decay, seed 0), the same precision.
+on biases/LayerNorm, weight decay 0.01, 10% linear warm-up then linear decay, seed 0 or --seed), the same precision.
 - rotten_tomatoes: seed-0 splits 6,530 / 1,000 / 1,000, max_length 64.
 - imdb: the first 5,000 reviews of the seed-0 training split, its 2,500 dev and 2,500 test reviews,
   max_length 256 (longer reviews truncated).
@@ -11,7 +11,7 @@ bertforge's recipe does. Prints test accuracy of both, fine-tuning examples/s (d
 pipeline inference texts/s on the test split (transformers padding each batch of 32 to its longest, in file
 order, as its pipeline does).
 
-    .venv/bin/python -m bench.finetune_sentiment [--dataset rotten_tomatoes|imdb] [--precision fp32|bf16]
+    .venv/bin/python -m bench.finetune_sentiment [--dataset rotten_tomatoes|imdb] [--precision fp32|bf16] [--seed N]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from bench.common import machine, peak_rss_mb, run_child
 
-BATCH, LEARNING_RATE, WARMUP, SEED = 32, 5e-5, 0.1, 0
+BATCH, LEARNING_RATE, WARMUP = 32, 5e-5, 0.1
 MAX_LENGTH = {"rotten_tomatoes": 64, "imdb": 256}
 TRAIN_SUBSET = {"rotten_tomatoes": None, "imdb": 5_000}  # first N rows of the (already shuffled) training split
 
@@ -48,7 +48,7 @@ def splits(dataset: str) -> dict[str, tuple[list[str], list[str]]]:
     return rows
 
 
-def bertforge_side(dataset: str, precision: str, epochs: float) -> dict:
+def bertforge_side(dataset: str, precision: str, epochs: float, seed: int) -> dict:
     from bertforge.finetune import finetune_classification
     from bertforge.pipelines import pipeline
     from bertforge.settings import FinetuneConfig
@@ -63,7 +63,7 @@ def bertforge_side(dataset: str, precision: str, epochs: float) -> dict:
         settings = FinetuneConfig(
             model="all-MiniLM-L6-v2", train=str(files["train"]), dev=str(files["dev"]), test=str(files["test"]),
             out=str(Path(out) / "run"), epochs=epochs, batch_size=BATCH, learning_rate=LEARNING_RATE,
-            warmup=WARMUP, max_length=MAX_LENGTH[dataset], seed=SEED, precision=precision, progress=False,
+            warmup=WARMUP, max_length=MAX_LENGTH[dataset], seed=seed, precision=precision, progress=False,
         )  # fmt: skip
         started = time.perf_counter()
         folder = finetune_classification(settings)
@@ -78,7 +78,7 @@ def bertforge_side(dataset: str, precision: str, epochs: float) -> dict:
     return {"accuracy": accuracy, "train_seconds": train_seconds, "infer_seconds": infer_seconds}
 
 
-def transformers_side(dataset: str, precision: str, epochs: float) -> dict:
+def transformers_side(dataset: str, precision: str, epochs: float, seed: int) -> dict:
     import transformers
 
     from bertforge.assets import fetch
@@ -87,7 +87,7 @@ def transformers_side(dataset: str, precision: str, epochs: float) -> dict:
     data = splits(dataset)
     names = sorted(set(data["train"][1]))  # bertforge's order for class names, so both heads agree on ids
     texts, labels = data["train"][0], np.array([names.index(y) for y in data["train"][1]])
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     tokenizer = transformers.BertTokenizer.from_pretrained(folder)
     model = transformers.BertForSequenceClassification.from_pretrained(
         folder, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
@@ -116,7 +116,7 @@ def transformers_side(dataset: str, precision: str, epochs: float) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
     )
-    generator = np.random.default_rng(SEED)
+    generator = np.random.default_rng(seed)
     model.train()
     started = time.perf_counter()
     step, best_dev, best_weights = 0, -1.0, None
@@ -151,11 +151,12 @@ def main() -> None:
     parser.add_argument("--dataset", choices=tuple(MAX_LENGTH), default="rotten_tomatoes")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and dropout, both sides")
     parser.add_argument("--child", choices=("bertforge", "transformers"))
     args = parser.parse_args()
     if args.child:
         side = bertforge_side if args.child == "bertforge" else transformers_side
-        print(json.dumps({**side(args.dataset, args.precision, args.epochs), "peak_rss_mb": peak_rss_mb()}))
+        print(json.dumps({**side(args.dataset, args.precision, args.epochs, args.seed), "peak_rss_mb": peak_rss_mb()}))
         return
     print(machine())
     data = splits(args.dataset)
@@ -165,7 +166,8 @@ def main() -> None:
     results = {}
     for side in ("transformers", "bertforge"):
         r = results[side] = run_child("bench.finetune_sentiment", "--child", side, "--dataset", args.dataset,
-                                      "--precision", args.precision, "--epochs", str(args.epochs))  # fmt: skip
+                                      "--precision", args.precision, "--epochs", str(args.epochs),
+                                      "--seed", str(args.seed))  # fmt: skip
         print(f"  {side:<13} test accuracy {r['accuracy']:.4f}  fine-tuning {examples / r['train_seconds']:6.1f} "
               f"examples/s  inference {tests / r['infer_seconds']:6.1f} texts/s  "
               f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
