@@ -300,10 +300,10 @@ def evaluate(
     max_length = max_length or 128
     from bertforge.finetune import evaluate_model, print_report, read_split
     from bertforge.heads import BertForSequenceClassification
-    from bertforge.quantize import quantize_encoder
+    from bertforge.quantize import inference_device, quantize_encoder
     from bertforge.settings import FinetuneConfig
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_device, pick_precision
+    from bertforge.train import pick_precision
 
     name, _, split = data.partition(":")
     classifier = quantize_encoder(BertForSequenceClassification.from_pretrained(model), quantize)
@@ -315,7 +315,7 @@ def evaluate(
         long_text=long_text, bad_rows=bad_rows,
     )  # fmt: skip
     file = read_split(settings, split or "test", None if regression else labels)
-    device = pick_device("cpu" if quantize != "none" else "auto")
+    device = inference_device(quantize)
     tokenizer = BertTokenizer.from_pretrained(model)
     scores = evaluate_model(classifier.to(device), tokenizer, file, settings, device, pick_precision(precision, device))
     print_report(scores, labels, regression, title=str(file.path))
@@ -337,13 +337,13 @@ def _evaluate_qa(model: str, data: str, max_length: int, precision: str, quantiz
     from bertforge.data.squad import read_squad, resolve_squad
     from bertforge.finetune_qa import evaluate_qa
     from bertforge.heads import BertForQuestionAnswering
-    from bertforge.quantize import quantize_encoder
+    from bertforge.quantize import inference_device, quantize_encoder
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_device, pick_precision
+    from bertforge.train import pick_precision
 
     name, _, split = data.partition(":")
     squad = read_squad(resolve_squad(name, split or "dev"))
-    device = pick_device("cpu" if quantize != "none" else "auto")
+    device = inference_device(quantize)
     reader = quantize_encoder(BertForQuestionAnswering.from_pretrained(model), quantize).to(device)
     settings = _run_settings(QaConfig, model, name, "qa_config.json")
     if max_length:
@@ -356,16 +356,16 @@ def _evaluate_qa(model: str, data: str, max_length: int, precision: str, quantiz
 def _evaluate_ner(model: str, data: str, max_length: int, precision: str, quantize: str) -> None:
     from bertforge.finetune_ner import evaluate_tagger, read_bio
     from bertforge.heads import BertForTokenClassification
-    from bertforge.quantize import quantize_encoder
+    from bertforge.quantize import inference_device, quantize_encoder
     from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_device, pick_precision
+    from bertforge.train import pick_precision
 
     name, _, split = data.partition(":")
     settings = _run_settings(NerConfig, model, name, "ner_config.json")
     if max_length:
         settings.max_length, settings.window_stride = max_length, min(settings.window_stride, max_length // 4)
     sentences, _ = read_bio(name, split or "test", settings, None)
-    device = pick_device("cpu" if quantize != "none" else "auto")
+    device = inference_device(quantize)
     tagger = quantize_encoder(BertForTokenClassification.from_pretrained(model), quantize).to(device)
     tokenizer, precision = BertTokenizer.from_pretrained(model), pick_precision(precision, device)
     scores = evaluate_tagger(tagger, tokenizer, sentences, settings, device, precision)
@@ -402,7 +402,7 @@ def predict(
     from bertforge.pipelines import pipeline
 
     architecture = _architecture(model)
-    options = {"precision": precision, "quantize": quantize, "device": "cpu" if quantize != "none" else "auto"}
+    options = {"precision": precision, "quantize": quantize}
     lines = sys.stdin.read().splitlines() if input == "-" else read_text_lines(input)
     if not lines:
         raise BertforgeError("no input: give one text per line on standard input, or --input FILE")

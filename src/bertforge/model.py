@@ -423,16 +423,16 @@ class BertModel(BertPreTrainedModel):
         self._check_inputs(input_ids, attention_mask, token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        real = None if attention_mask is None else attention_mask.bool()  # (B, T), True at real tokens
         # (B, T) → (B, 1, 1, T): broadcast over heads and query positions; padding keys are never attended.
-        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        key_mask = None if real is None else real[:, None, None, :]
         implementation = self.config.attention_implementation
 
         packed = None
-        if self.unpad and attention_mask is not None and input_ids.device.type == "cpu" and not output_attentions:
-            # Per-sequence attention costs a kernel launch per sequence: worth it on the CPU, not on a GPU.
-            real = attention_mask.bool()
-            if not real.all() and real.any(1).all():
-                packed = PackedBatch.from_mask(real)
+        # Per-sequence attention costs a kernel launch per sequence: worth it on the CPU, not on a GPU.
+        unpad = self.unpad and real is not None and input_ids.device.type == "cpu" and not output_attentions
+        if unpad and not real.all() and real.any(1).all():  # some padding, and no sequence that is padding only
+            packed = PackedBatch.from_mask(real)
         if packed is not None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, T)
             x = self.embeddings(packed.pack(input_ids), packed.pack(token_type_ids), packed.pack(positions))  # (N, H)

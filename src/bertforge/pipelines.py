@@ -25,9 +25,9 @@ from bertforge.heads import (
 )
 from bertforge.model import BertModel, ModelT
 from bertforge.qa import best_spans, encode_questions, window_logits
-from bertforge.quantize import quantize_encoder
+from bertforge.quantize import inference_device, quantize_encoder
 from bertforge.tokenizer import BertTokenizer
-from bertforge.train import autocast, pick_device, pick_precision
+from bertforge.train import autocast, pick_precision
 
 TASKS = (
     "sentiment-analysis", "text-classification", "ner", "token-classification", "question-answering", "fill-mask",
@@ -79,9 +79,7 @@ def pipeline(
         raise BertforgeError(f"pipeline({task!r}) needs model=FOLDER: {HOW_TO_GET_A_MODEL[task]}")
     folder = resolve_model_dir(model)
     tokenizer = BertTokenizer.from_pretrained(folder)
-    target = pick_device(device)
-    if quantize != "none" and target.type != "cpu":
-        raise BertforgeError(f"quantize={quantize!r} is for CPU inference; pass device='cpu'")
+    target = inference_device(quantize, device)
 
     def load(model_class: type[ModelT]) -> ModelT:
         return quantize_encoder(model_class.from_pretrained(folder), quantize)

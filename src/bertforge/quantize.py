@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from bertforge.errors import BertforgeError
+from bertforge.model import BertLayer
+from bertforge.train import pick_device
 
 QUANTIZATIONS = ("none", "int8")
 
@@ -51,6 +53,16 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+def inference_device(quantization: str, requested: str = "auto") -> torch.device:
+    """The device to run on: int8 layers run on the CPU, so there "auto" means the CPU and a GPU is an error."""
+    if quantization == "none":
+        return pick_device(requested)
+    device = pick_device("cpu" if requested == "auto" else requested)
+    if device.type != "cpu":
+        raise BertforgeError(f"quantize={quantization!r} is for CPU inference; use device 'cpu' or 'auto'")
+    return device
+
+
 def quantize_encoder(model: nn.Module, quantization: str = "int8") -> nn.Module:
     """Replace the linear layers inside every encoder layer of ``model`` with :class:`Int8Linear`, in place.
 
@@ -60,8 +72,6 @@ def quantize_encoder(model: nn.Module, quantization: str = "int8") -> nn.Module:
         raise BertforgeError(f"quantize {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
     if quantization == "none":
         return model
-    from bertforge.model import BertLayer
-
     layers = [module for module in model.modules() if isinstance(module, BertLayer)]
     if not layers:
         raise BertforgeError("no BERT encoder layers to quantise in this model")
