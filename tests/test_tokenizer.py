@@ -311,6 +311,13 @@ def test_trained_vocabulary_layout(trained, language):
         assert sum(bool(CJK.fullmatch(token)) for token in vocab) > 450  # the default alphabet: 500
 
 
+@LANGUAGES
+def test_training_again_gives_the_same_vocabulary(trained, training_files, language):
+    """The engine alone numbers "##" pieces in hash order and breaks ties by those numbers (tokenizers #1794)."""
+    again = [train_tokenizer([training_files[language]], VOCAB_SIZES[language], show_progress=False) for _ in range(3)]
+    assert all(tokenizer.get_vocab() == trained[language].get_vocab() for tokenizer in again)
+
+
 def test_trained_chinese_comes_out_character_by_character(trained, chinese):
     tokenizer = trained["chinese"]
     for text in chinese[3000:3100]:

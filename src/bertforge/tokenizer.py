@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import functools
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -501,16 +502,42 @@ def train_tokenizer(
     if limit_alphabet is None:
         limit_alphabet = vocab_size // 2
     engine = _bert_engine(None, lowercase, strip_accents=None, tokenize_chinese_chars=True)
+    alphabet, continuations = _alphabet_census(engine, paths, limit_alphabet)
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet,
-        special_tokens=list(SPECIAL_TOKENS),
+        limit_alphabet=len(alphabet),
+        initial_alphabet=alphabet,
+        special_tokens=[*SPECIAL_TOKENS, *continuations],
         continuing_subword_prefix=CONTINUATION_PREFIX,
         show_progress=show_progress,
     )
     engine.train_from_iterator(_training_lines(paths), trainer=trainer)
     return BertTokenizer(engine.get_vocab(), lowercase=lowercase)
+
+
+def _alphabet_census(engine: Tokenizer, paths: list[Path], limit: int) -> tuple[list[str], list[str]]:
+    """The characters the trainer keeps and the "##" pieces it will need, chosen so that training is reproducible.
+
+    The engine's trainer breaks ties between equally frequent merges by token id, and it numbers the "##"
+    pieces of single characters in hash-map order, which changes from run to run (tokenizers issue #1794): the
+    same corpus gave three different 8,192-token vocabularies in three runs. Passing those pieces as special
+    tokens, in sorted order, fixes their ids; choosing the alphabet here with ties broken by the character
+    fixes which rare characters survive ``limit``. The trainer still does all the counting and merging.
+    """
+    words: Counter[str] = Counter()
+    for block in _training_lines(paths):
+        words.update("".join(block).split())
+    counts: Counter[str] = Counter()
+    continued: set[str] = set()
+    for word, occurrences in words.items():  # each distinct word once: the corpus itself is read only above
+        for piece, _ in engine.pre_tokenizer.pre_tokenize_str(engine.normalizer.normalize_str(word)):
+            for char in piece:
+                counts[char] += occurrences
+            continued.update(piece[1:])
+    ranked = sorted(counts, key=lambda char: (-counts[char], char))
+    alphabet = sorted(ranked[:limit])
+    return alphabet, [CONTINUATION_PREFIX + char for char in alphabet if char in continued]
 
 
 def _bert_engine(
