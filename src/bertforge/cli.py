@@ -687,6 +687,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bertforge: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as error:
+        from bertforge.distributed import lost_contact_message
+
+        message = lost_contact_message(error)
+        if message is None:
+            raise
+        print(f"bertforge: error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

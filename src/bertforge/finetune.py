@@ -23,6 +23,19 @@ from bertforge.classify import EncodedInputs, collate, encode_texts, predict_log
 from bertforge.config import BertConfig
 from bertforge.data.catalogue import DATASETS, resolve_dataset
 from bertforge.data.classification import ClassificationFile, bucketed_batches, read_classification_file
+from bertforge.distributed import (
+    gather_objects,
+    gradient_sync,
+    join_processes,
+    leave_processes,
+    micro_batches_per_step,
+    my_share,
+    restore_rank_rng,
+    share_from_main,
+    sum_across,
+    unwrap,
+    wrap_model,
+)
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForSequenceClassification
 from bertforge.metrics import classification_report, format_confusion_matrix, pearson, spearman
@@ -37,7 +50,6 @@ from bertforge.train import (
     learning_rate_factor,
     load_training_state,
     optimizer_step,
-    pick_device,
     pick_precision,
     plot_metrics,
     save_checkpoint,
@@ -124,8 +136,8 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
     """Fine-tune; return the folder of the best model (Hugging Face layout, tokenizer included)."""
     # ---- setup ----
     run_dir = Path(settings.out)
-    seed_everything(settings.seed)
-    device = pick_device(settings.device)
+    processes, device = join_processes(settings.device)
+    seed_everything(settings.seed + processes.rank)  # dropout differs between processes; rank 0 is a lone run
     precision = pick_precision(settings.precision, device)
     model_dir = resolve_model_dir(settings.model)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
@@ -152,15 +164,21 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
     train_inputs = encode_file(tokenizer, train, settings)
     targets = np.asarray([e.label for e in train.examples])[train_inputs.source]
     class_weights = _class_weights(settings, targets, len(names), device)
-    micro_batch = settings.batch_size // settings.gradient_accumulation_steps
+    # batch_size is the global batch: the same steps and data order whatever the number of processes
+    parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
+    micro_batch = settings.batch_size // parts_per_step
     steps_per_epoch = math.ceil(len(train_inputs) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "stale_epochs": 0}
     if checkpoint is not None:
         state.update(load_training_state(checkpoint, optimizer))
+        restore_rank_rng(state, processes, settings.seed, state["step"])
         log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
-    metrics = MetricsLog(run_dir, resume_from_step=state["step"] if checkpoint is not None else None)
-    (run_dir / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    model = wrap_model(model, processes, device)
+    resumed_step = state["step"] if checkpoint is not None else None
+    metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
+    if processes.is_main:
+        (run_dir / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     log.info(
         "fine-tuning %s for %s on %d examples (%d inputs) on %s in %s; %d steps",
         model_dir,
@@ -174,29 +192,31 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
 
     # ---- loop ----
     bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning", unit="step",
-               disable=not settings.progress, mininterval=1.0)  # fmt: skip
+               disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
     started = time.perf_counter()
     while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
         batches = bucketed_batches(
             [len(ids) for ids in train_inputs.input_ids], micro_batch, shuffle=True, seed=settings.seed,
             epoch=state["epoch"],
         )  # fmt: skip
-        for first in range(0, len(batches), settings.gradient_accumulation_steps):
+        for first in range(0, len(batches), parts_per_step):
             if state["step"] >= total_steps:
                 break
-            group = batches[first : first + settings.gradient_accumulation_steps]
             lr = set_learning_rate(
                 optimizer, settings.learning_rate, learning_rate_factor(state["step"] / total_steps, settings.warmup)
             )
+            share = my_share(batches[first : first + parts_per_step], processes)
             loss_value = 0.0
-            for rows in group:
+            for index, (rows, weight) in enumerate(share):
                 batch = {k: v.to(device) for k, v in collate(train_inputs, rows, tokenizer.pad_token_id).items()}
                 label_dtype = torch.float32 if settings.regression else torch.long
                 batch_labels = torch.as_tensor(targets[rows], dtype=label_dtype, device=device)
-                with autocast(precision, device):
-                    out = model(**batch, labels=batch_labels, class_weights=class_weights)
-                (out.loss / len(group)).backward()
-                loss_value += float(out.loss.detach()) / len(group)
+                with gradient_sync(model, last=index == len(share) - 1):
+                    with autocast(precision, device):
+                        out = model(**batch, labels=batch_labels, class_weights=class_weights)
+                    (out.loss * weight).backward()
+                loss_value += float(out.loss.detach()) * weight / processes.world_size
+            (loss_value,) = sum_across([loss_value], processes)
             optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
@@ -206,37 +226,42 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
         state["epoch"] += 1
 
-        # ---- evaluate on dev, keep the best ----
-        if dev is not None:
-            scores = evaluate_model(model, tokenizer, dev, settings, device, precision)
-            model.train()
-            value = scores[settings.metric]
-            metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
-                           **{k: v for k, v in scores.items() if isinstance(v, float)}})  # fmt: skip
-            bar.write(f"epoch {state['epoch']}: dev {settings.metric} {value:.4f}")
-            improved = state["best"] is None or value > state["best"]
-        else:
-            improved, value = True, None
-        if improved:
-            state.update(best=value, best_epoch=state["epoch"], stale_epochs=0)
-            save_model_folder(model, tokenizer, run_dir / "model")
-        else:
-            state["stale_epochs"] += 1
-        _save_checkpoint(run_dir, model, optimizer, tokenizer, state)
+        # ---- evaluate on dev, keep the best (the main process decides, the others follow) ----
+        random_states = gather_objects(torch.get_rng_state(), processes)
+        if processes.is_main:
+            if dev is not None:
+                scores = evaluate_model(unwrap(model), tokenizer, dev, settings, device, precision)
+                model.train()
+                value = scores[settings.metric]
+                metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
+                               **{k: v for k, v in scores.items() if isinstance(v, float)}})  # fmt: skip
+                bar.write(f"epoch {state['epoch']}: dev {settings.metric} {value:.4f}")
+                improved = state["best"] is None or value > state["best"]
+            else:
+                improved, value = True, None
+            if improved:
+                state.update(best=value, best_epoch=state["epoch"], stale_epochs=0)
+                save_model_folder(unwrap(model), tokenizer, run_dir / "model")
+            else:
+                state["stale_epochs"] += 1
+            _save_checkpoint(run_dir, unwrap(model), optimizer, tokenizer, {**state, "rank_torch_rng": random_states})
+        state = share_from_main(state, processes)
         if settings.early_stopping_patience is not None and state["stale_epochs"] >= settings.early_stopping_patience:
             log.info("no better dev %s for %d epochs: stopping early", settings.metric, state["stale_epochs"])
             break
     bar.close()
 
     # ---- test with the best model, report, save ----
-    best = BertForSequenceClassification.from_pretrained(run_dir / "model").to(device)
-    report: dict[str, Any] = {"best_epoch": state["best_epoch"], f"dev_{settings.metric}": state["best"]}
-    if test is not None:
-        report["test"] = evaluate_model(best, tokenizer, test, settings, device, precision)
-        print_report(report["test"], names, settings.regression, title=f"test ({test.path})")
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_metrics(run_dir)
-    log.info("best model (epoch %s) saved to %s; curves in %s", state["best_epoch"], run_dir / "model", run_dir)
+    if processes.is_main:
+        best = BertForSequenceClassification.from_pretrained(run_dir / "model").to(device)
+        report: dict[str, Any] = {"best_epoch": state["best_epoch"], f"dev_{settings.metric}": state["best"]}
+        if test is not None:
+            report["test"] = evaluate_model(best, tokenizer, test, settings, device, precision)
+            print_report(report["test"], names, settings.regression, title=f"test ({test.path})")
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_metrics(run_dir)
+        log.info("best model (epoch %s) saved to %s; curves in %s", state["best_epoch"], run_dir / "model", run_dir)
+    leave_processes()
     return run_dir / "model"
 
 

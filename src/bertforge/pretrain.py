@@ -20,9 +20,21 @@ import torch
 from tqdm.auto import tqdm
 
 from bertforge.config import PRESETS, BertConfig
-from bertforge.data.examples import PretrainingExamples, SpecialIds
+from bertforge.data.examples import PretrainingExamples, SpecialIds, split_batch
 from bertforge.data.masking import MaskingConfig
 from bertforge.data.shards import ShardedCorpus, check_tokenizer
+from bertforge.distributed import (
+    gather_objects,
+    gradient_sync,
+    join_processes,
+    leave_processes,
+    micro_batches_per_step,
+    my_share,
+    restore_rank_rng,
+    sum_across,
+    unwrap,
+    wrap_model,
+)
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForMaskedLM, BertForPreTraining
 from bertforge.settings import PretrainConfig
@@ -35,7 +47,6 @@ from bertforge.train import (
     learning_rate_factor,
     load_training_state,
     optimizer_step,
-    pick_device,
     pick_precision,
     plot_metrics,
     return_freed_memory_to_the_system,
@@ -47,6 +58,8 @@ from bertforge.train import (
 )
 
 log = logging.getLogger("bertforge")
+
+LOSS_NAMES = ("loss", "mlm_loss", "nsp_loss")  # logged each step
 
 
 def model_config(settings: PretrainConfig, vocab_size: int) -> BertConfig:
@@ -121,8 +134,8 @@ def pretrain(settings: PretrainConfig) -> Path:
     """Run pretraining; return the folder of the final model (Hugging Face layout, tokenizer included)."""
     # ---- setup ----
     run_dir, data_dir = Path(settings.out), Path(settings.data)
-    seed_everything(settings.seed)
-    device = pick_device(settings.device)
+    processes, device = join_processes(settings.device)
+    seed_everything(settings.seed + processes.rank)  # dropout differs between processes; rank 0 is a lone run
     if settings.low_memory:
         return_freed_memory_to_the_system()
     precision = pick_precision(settings.precision, device)
@@ -136,8 +149,11 @@ def pretrain(settings: PretrainConfig) -> Path:
             "next-sentence prediction needs at least 2; re-run `bertforge data prepare` with a larger --valid-fraction"
         )
     valid_examples = make_examples(dataclasses.replace(settings, seed=settings.seed + 1), valid_corpus, tokenizer)
-    micro_batch = settings.batch_size // settings.gradient_accumulation_steps
-    eval_batches = list(itertools.islice(valid_examples.batches(0, micro_batch), settings.eval_batches))
+    # batch_size is the global batch: a step's examples are the same whatever the number of processes
+    parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
+    # Validation batches are masked whole and evaluated a micro-batch at a time: the same figures in any layout.
+    eval_batches = [micro_batch for batch in itertools.islice(valid_examples.batches(0, settings.batch_size),
+                    settings.eval_batches) for micro_batch in split_batch(batch, parts_per_step)]  # fmt: skip
 
     architecture = BertForPreTraining if settings.next_sentence_prediction else BertForMaskedLM
     checkpoint = latest_checkpoint(run_dir) if settings.resume else None
@@ -155,7 +171,9 @@ def pretrain(settings: PretrainConfig) -> Path:
         state = load_training_state(checkpoint, optimizer)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         elapsed, tokens_seen = state["elapsed"], state["tokens_seen"]
+        restore_rank_rng(state, processes, settings.seed, step)
         log.info("resumed from %s (step %d, epoch %d)", checkpoint, step, epoch)
+    model = wrap_model(model, processes, device)
 
     steps_per_epoch = math.ceil(examples.count(0) / settings.batch_size)
     total_steps = min(
@@ -163,14 +181,16 @@ def pretrain(settings: PretrainConfig) -> Path:
         math.ceil(settings.max_epochs * steps_per_epoch) if settings.max_epochs else math.inf,
     )
     budget = settings.max_minutes * 60 if settings.max_minutes else None
-    metrics = MetricsLog(run_dir, resume_from_step=step if checkpoint is not None else None)
-    (run_dir / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    metrics = MetricsLog(run_dir, resume_from_step=step if checkpoint is not None else None, write=processes.is_main)
+    if processes.is_main:
+        (run_dir / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     parameters = sum(p.numel() for p in model.parameters())
     log.info(
-        "pretraining %s (%.1fM parameters) on %s in %s: %d training documents, ~%d steps per epoch",
+        "pretraining %s (%.1fM parameters) on %s%s in %s: %d training documents, ~%d steps per epoch",
         architecture.__name__,
         parameters / 1e6,
         device,
+        f" × {processes.world_size} processes" if processes.distributed else "",
         precision,
         train_corpus.num_documents,
         steps_per_epoch,
@@ -188,39 +208,45 @@ def pretrain(settings: PretrainConfig) -> Path:
         initial=step,
         desc="pretraining",
         unit="step",
-        disable=not settings.progress,
+        disable=not (settings.progress and processes.is_main),
         mininterval=1.0,
     )
     started = time.perf_counter() - elapsed
     window_tokens, window_start = 0, time.perf_counter()
     done = progress_now() >= 1.0
     while not done:
-        batches = examples.batches(epoch, micro_batch, skip=batch_in_epoch * settings.gradient_accumulation_steps)
+        batches = examples.batches(epoch, settings.batch_size, skip=batch_in_epoch)
         while not done:
-            micro_batches = list(itertools.islice(batches, settings.gradient_accumulation_steps))
-            if not micro_batches:
+            batch = next(batches, None)
+            if batch is None:
                 break  # the epoch is over
             lr = set_learning_rate(
                 optimizer, settings.learning_rate, learning_rate_factor(progress_now(), settings.warmup)
             )
-            losses: dict[str, float] = {}
-            for batch in micro_batches:
-                inputs = to_device(batch, device)
-                with autocast(precision, device):
-                    out = model(**inputs)
-                loss = out.loss if out.nsp_loss is None else out.mlm_loss + settings.nsp_loss_weight * out.nsp_loss
-                (loss / len(micro_batches)).backward()
-                for name in ("loss", "mlm_loss", "nsp_loss"):
+            share = my_share(split_batch(batch, parts_per_step), processes)
+            seen = [0.0] * (len(LOSS_NAMES) + 2)  # this process's part of the step's losses, its tokens, the time
+            for index, (micro_batch_arrays, weight) in enumerate(share):
+                inputs = to_device(micro_batch_arrays, device)
+                with gradient_sync(model, last=index == len(share) - 1):
+                    with autocast(precision, device):
+                        out = model(**inputs)
+                    loss = out.loss if out.nsp_loss is None else out.mlm_loss + settings.nsp_loss_weight * out.nsp_loss
+                    (loss * weight).backward()
+                for position, name in enumerate(LOSS_NAMES):
                     value = getattr(out, name)
                     if value is not None:
-                        losses[name] = losses.get(name, 0.0) + float(value.detach()) / len(micro_batches)
-                real_tokens = int(batch["attention_mask"].sum())
-                tokens_seen += real_tokens
-                window_tokens += real_tokens
+                        seen[position] += float(value.detach()) * weight / processes.world_size
+                seen[-2] += int(micro_batch_arrays["attention_mask"].sum()) if weight else 0
+            # The main process's clock rules: every process must agree on the learning rate and on when to stop.
+            seen[-1] = time.perf_counter() - started if processes.is_main else 0.0
+            *step_losses, step_tokens, elapsed = sum_across(seen, processes)
+            losses = {name: value for name, value in zip(LOSS_NAMES, step_losses, strict=True)
+                      if name != "nsp_loss" or settings.next_sentence_prediction}  # fmt: skip
+            tokens_seen += int(step_tokens)
+            window_tokens += int(step_tokens)
             optimizer_step(model, optimizer, settings.max_grad_norm)
             step += 1
             batch_in_epoch += 1
-            elapsed = time.perf_counter() - started
             done = progress_now() >= 1.0
 
             if step % settings.log_every == 0 or done:
@@ -232,20 +258,26 @@ def pretrain(settings: PretrainConfig) -> Path:
                     bar.total = max(step, round(step / max(progress_now(), 1e-9)))
                 window_tokens, window_start = 0, time.perf_counter()
             bar.update(1)
-            if step % settings.eval_every == 0 or done:
-                scores = evaluate(model, eval_batches, device, precision)
+            if processes.is_main and (step % settings.eval_every == 0 or done):
+                scores = evaluate(unwrap(model), eval_batches, device, precision)
                 metrics.write({"step": step, "split": "valid", "epoch": epoch, "elapsed": elapsed, **scores})
                 bar.write("step {}: {}".format(step, ", ".join(f"valid {k} {v:.4f}" for k, v in scores.items())))
             if step % settings.save_every == 0 or done:
+                random_states = gather_objects(torch.get_rng_state(), processes)
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "elapsed": elapsed,
-                         "tokens_seen": tokens_seen}  # fmt: skip
-                save_checkpoint(run_dir, step, model, optimizer, state, tokenizer, settings.keep_checkpoints)
+                         "tokens_seen": tokens_seen, "rank_torch_rng": random_states}  # fmt: skip
+                if processes.is_main:
+                    keep = settings.keep_checkpoints
+                    save_checkpoint(run_dir, step, unwrap(model), optimizer, state, tokenizer, keep)
         if not done:
             epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
 
     # ---- save ----
-    final = save_model_folder(model, tokenizer, run_dir / "model")
-    plot = plot_metrics(run_dir)
-    log.info("saved the model to %s and the training curves to %s (%d tokens seen)", final, plot, tokens_seen)
+    final = run_dir / "model"
+    if processes.is_main:
+        save_model_folder(unwrap(model), tokenizer, final)
+        plot = plot_metrics(run_dir)
+        log.info("saved the model to %s and the training curves to %s (%d tokens seen)", final, plot, tokens_seen)
+    leave_processes()
     return final

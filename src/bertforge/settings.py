@@ -26,8 +26,8 @@ class PretrainConfig:
     mlm_probability: float = 0.15  # share of tokens chosen for prediction
     max_predictions_per_seq: int = 20  # cap on chosen tokens per sequence
     whole_word_masking: bool = False  # choose all pieces of a word together
-    batch_size: int = 64  # examples per optimizer step (micro-batch × accumulation)
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step; raise to fit memory
+    batch_size: int = 64  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
     learning_rate: float = 1e-3  # peak learning rate after warm-up
     warmup: float = 0.06  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
@@ -43,7 +43,7 @@ class PretrainConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     eval_every: int = 200  # steps between validation passes
-    eval_batches: int = 20  # validation batches per pass (the same ones every time)
+    eval_batches: int = 20  # validation batches of batch_size examples per pass (the same ones every time)
     save_every: int = 500  # steps between checkpoints
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
     log_every: int = 10  # steps between training-loss records
@@ -82,8 +82,8 @@ class FinetuneConfig:
     window_stride: int = 64  # tokens shared by consecutive windows in window mode
     epochs: float = 3.0  # passes over the training data
     max_steps: int | None = None  # stop after this many optimizer steps instead
-    batch_size: int = 32  # examples per optimizer step (micro-batch × accumulation)
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step; raise to fit memory
+    batch_size: int = 32  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
     learning_rate: float = 5e-5  # peak learning rate after warm-up
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)

@@ -235,8 +235,12 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> d
 class MetricsLog:
     """Appends one JSON object per line to ``run_dir/metrics.jsonl``; a resumed run continues the same file."""
 
-    def __init__(self, run_dir: Path, resume_from_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resume_from_step: int | None = None, write: bool = True) -> None:
+        """``write=False`` (the other processes of a distributed run) makes a log that writes nothing."""
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = write
+        if not write:
+            return
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from_step is None:
             self.path.write_text("")
@@ -245,6 +249,8 @@ class MetricsLog:
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -247,3 +247,15 @@ def _truncate_pair(
 def _trim(tokens: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     front = int(rng.binomial(count, 0.5)) if count else 0
     return tokens[front : tokens.size - (count - front)]
+
+
+def split_batch(batch: dict[str, np.ndarray], parts: int) -> list[dict[str, np.ndarray]]:
+    """Rows of a batch in ``parts`` micro-batches of near-equal size (empty ones left out), each trimmed to its
+    own longest example: the micro-batches of one optimizer step, for gradient accumulation and processes."""
+    micro_batches = []
+    for rows in np.array_split(np.arange(len(batch["input_ids"])), parts):
+        if rows.size:
+            width = int(batch["attention_mask"][rows].sum(axis=1).max())
+            micro_batches.append({name: array[rows, :width] if array.ndim == 2 else array[rows]
+                                  for name, array in batch.items()})  # fmt: skip
+    return micro_batches

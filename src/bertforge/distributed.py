@@ -1,0 +1,197 @@
+"""Data parallelism across processes with PyTorch's own machinery: ``torchrun`` starts the processes and tells
+each its rank through the environment; ``DistributedDataParallel`` averages gradients (gloo on CPU, NCCL on CUDA).
+
+The recipes stay single-process programs with four extra ideas, all here:
+
+- every process builds the same global batch of an optimizer step and keeps its own micro-batches
+  (:func:`my_share`), so the global batch (``batch_size`` in the configs) and the data order do not depend on the
+  number of processes;
+- the loss of each micro-batch is scaled so that DDP's average over processes equals the one-process mean over
+  micro-batches, and only the last micro-batch of a step all-reduces (:func:`gradient_sync`, DDP's ``no_sync``);
+- only the main process (rank 0) evaluates, logs and writes files (:attr:`Processes.is_main`);
+- figures that each process saw part of (losses, token counts) are summed across processes (:func:`sum_across`).
+
+Without torchrun (no ``WORLD_SIZE`` in the environment) all of this reduces to the plain single-process loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bertforge.errors import BertforgeError
+from bertforge.train import pick_device
+
+log = logging.getLogger("bertforge")
+
+T = TypeVar("T")
+
+# How long a process waits in a collective for the others before it gives up. torchrun stops the survivors as
+# soon as one process dies; this bounds the wait where nothing watches the processes. The main process
+# evaluates and saves while the others wait at the next step, so this must exceed the longest evaluation.
+DEFAULT_TIMEOUT_MINUTES = 30.0
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands among the processes of one run."""
+
+    rank: int = 0  # 0 .. world_size-1; rank 0 is the main process
+    world_size: int = 1  # processes in the run (all machines)
+    local_rank: int = 0  # index on this machine: picks the GPU
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def join_processes(device: str) -> tuple[Processes, torch.device]:
+    """Join the run that torchrun described in the environment (or stand alone); return this process's device.
+
+    On CUDA each process takes the GPU of its local rank and the NCCL backend; on the CPU, gloo. Processes other
+    than the main one log warnings only, so the console shows one copy of the run's messages.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    picked = pick_device(device)
+    if world_size == 1:
+        return Processes(), picked
+    try:
+        processes = Processes(int(os.environ["RANK"]), world_size, int(os.environ["LOCAL_RANK"]))
+    except (KeyError, ValueError):
+        raise BertforgeError(
+            f"WORLD_SIZE={world_size} is set but RANK or LOCAL_RANK is missing or not a number; start several "
+            "processes with torchrun (`torchrun --nproc-per-node N -m bertforge ...`), which sets all three"
+        ) from None
+    if picked.type == "cuda":
+        picked = torch.device("cuda", processes.local_rank)
+        torch.cuda.set_device(picked)
+    if not dist.is_initialized():
+        minutes = float(os.environ.get("BERTFORGE_DIST_TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES))
+        dist.init_process_group(
+            "nccl" if picked.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=minutes)
+        )
+    if not processes.is_main:
+        log.setLevel(logging.WARNING)
+    return processes, picked
+
+
+def leave_processes() -> None:
+    """Wait for every process to finish, then close the process group (a no-op when running alone)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, processes: Processes, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel when there are several processes (parameters start equal: DDP
+    broadcasts rank 0's); the model itself otherwise. :func:`unwrap` gives back the model for saving."""
+    if not processes.distributed:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def my_share(group: list[T], processes: Processes) -> list[tuple[T, float]]:
+    """This process's micro-batches of one optimizer step, each with the factor its loss is multiplied by.
+
+    Micro-batch ``j`` of the step goes to process ``j % world_size``. The factor ``world_size / len(group)``
+    makes DDP's average of the processes' gradients equal the single-process mean over all micro-batches of
+    the step. At the end of an epoch a step may have fewer micro-batches than processes; a process left
+    without one runs the first with factor 0, because every process must take part in the gradient all-reduce.
+    """
+    share = group[processes.rank :: processes.world_size]
+    if not share:
+        return [(group[0], 0.0)]
+    return [(micro_batch, processes.world_size / len(group)) for micro_batch in share]
+
+
+def gradient_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` for every micro-batch but the last of a step: gradients accumulate locally and are
+    all-reduced once, in the last backward pass."""
+    if last or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def sum_across(values: list[float], processes: Processes) -> list[float]:
+    """Element-wise sum over processes of figures each process saw part of (losses, token counts)."""
+    if not processes.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def gather_objects(value: Any, processes: Processes) -> list[Any]:
+    """``value`` of every process, in rank order (a one-element list when running alone)."""
+    if not processes.distributed:
+        return [value]
+    gathered: list[Any] = [None] * processes.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def share_from_main(value: T, processes: Processes) -> T:
+    """The main process's ``value`` in every process: decisions only the main process can make (it evaluates)."""
+    if not processes.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def restore_rank_rng(state: dict[str, Any], processes: Processes, seed: int, step: int) -> None:
+    """Give this process the random state it had at the checkpoint (dropout masks continue as if never stopped).
+
+    A checkpoint holds every process's state (``rank_torch_rng``). A run resumed with more processes than it was
+    saved with seeds the new ones from (seed, rank, step), so that no two processes draw the same masks.
+    """
+    saved = state.pop("rank_torch_rng", None) or []
+    if processes.rank < len(saved):
+        torch.set_rng_state(saved[processes.rank])
+    else:
+        torch.manual_seed(hash((seed, processes.rank, step)) % 2**63)
+
+
+def micro_batches_per_step(batch_size: int, accumulation: int, processes: Processes) -> int:
+    """How many micro-batches make one optimizer step of ``batch_size`` examples (the global batch)."""
+    parts = accumulation * processes.world_size
+    if batch_size % parts:
+        raise BertforgeError(
+            f"batch_size {batch_size} (the global batch) does not split into {accumulation} accumulation step(s) "
+            f"× {processes.world_size} processes; pick a batch_size divisible by {parts}"
+        )
+    return parts
+
+
+def lost_contact_message(error: BaseException) -> str | None:
+    """What to tell the user when a collective failed because another process of the run is gone; None when
+    ``error`` is something else. (gloo raises a bare RuntimeError, NCCL a DistBackendError.)"""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(error)
+    if not (isinstance(error, getattr(dist, "DistError", ())) or "gloo" in text or "NCCL" in text):
+        return None
+    return (
+        f"rank {dist.get_rank()} lost contact with another process of this run ({text.splitlines()[0][:200]}). "
+        "Another process has stopped: its own messages, or torchrun's summary, name the cause. Fix it, then "
+        "run the same command with --resume: training continues from the last checkpoint, with any number of "
+        "processes"
+    )
