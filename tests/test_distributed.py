@@ -12,13 +12,18 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_finetune import review
+from test_finetune_ner import sentence
 from test_pretraining import generated_documents
+from test_qa import synthetic_squad
 
+from bertforge.config import BertConfig
 from bertforge.data.classification import bucketed_batches
 from bertforge.data.examples import split_batch
 from bertforge.data.shards import ShardedCorpus, prepare_corpus
 from bertforge.distributed import Processes, micro_batches_per_step, my_share
 from bertforge.errors import BertforgeError
+from bertforge.model import BertModel
 from bertforge.pretrain import make_examples
 from bertforge.settings import PretrainConfig
 from bertforge.tokenizer import BertTokenizer, train_tokenizer
@@ -36,15 +41,20 @@ def shards(tmp_path_factory):
     return root / "shards"
 
 
-def torchrun(processes: int, out: Path, shards: Path, *options: str, crash: str = "") -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node N`` of ``bertforge pretrain`` on the tiny model, one thread each."""
+def launch(processes: int, *arguments: str, crash: str = "") -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N`` of the bertforge CLI, one thread per process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               str(WORKER), "pretrain", "--data", str(shards), "--out", str(out), "--model", "tiny",
-               "--max-seq-length", "64", "--batch-size", "8", "--max-steps", "6", "--eval-every", "3",
-               "--eval-batches", "2", "--save-every", "3", "--log-every", "1", "--progress", "false",
-               "--precision", "fp32", "--learning-rate", "1e-3", *options]  # fmt: skip
+               str(WORKER), *arguments]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "CRASH": crash}
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+
+
+def torchrun(processes: int, out: Path, shards: Path, *options: str, crash: str = "") -> subprocess.CompletedProcess:
+    """``bertforge pretrain`` of the tiny model for 6 steps under torchrun."""
+    return launch(processes, "pretrain", "--data", str(shards), "--out", str(out), "--model", "tiny",
+                  "--max-seq-length", "64", "--batch-size", "8", "--max-steps", "6", "--eval-every", "3",
+                  "--eval-batches", "2", "--save-every", "3", "--log-every", "1", "--progress", "false",
+                  "--precision", "fp32", "--learning-rate", "1e-3", *options, crash=crash)  # fmt: skip
 
 
 def trained(result: subprocess.CompletedProcess) -> None:
@@ -150,3 +160,53 @@ def _rows(batch: dict) -> list[tuple]:
     real = batch["attention_mask"].astype(bool)
     ids, labels, next_sentence = batch["input_ids"], batch["mlm_labels"], batch["next_sentence_label"]
     return [(tuple(ids[i][real[i]]), tuple(labels[i][real[i]]), int(next_sentence[i])) for i in range(len(real))]
+
+
+@pytest.fixture(scope="module")
+def fine_tuning(tmp_path_factory):
+    """A tiny encoder without dropout, and small sentiment, NER and QA training files."""
+    root = tmp_path_factory.mktemp("fine-tuning")
+    rng = np.random.default_rng(0)
+    lines = ["text,label"] + [f"{review(rng, i % 2 == 0)},{'pos' if i % 2 == 0 else 'neg'}" for i in range(40)]
+    (root / "reviews.csv").write_text("\n".join(lines) + "\n")
+    blocks = ["".join(f"{t} {g}\n" for t, g in zip(*sentence(rng), strict=True)) for _ in range(24)]
+    (root / "ner.conll").write_text("\n".join(blocks))
+    synthetic_squad(root / "squad.json", 24, 0)
+    corpus = root / "corpus.txt"
+    corpus.write_text("".join((root / name).read_text() for name in ("reviews.csv", "ner.conll", "squad.json")))
+    tokenizer = train_tokenizer([corpus], 200, min_frequency=1, show_progress=False)
+    torch.manual_seed(0)
+    config = BertConfig.preset("tiny", vocab_size=len(tokenizer), max_position_embeddings=64, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)  # fmt: skip
+    BertModel(config).save_pretrained(root / "encoder")
+    tokenizer.save_pretrained(root / "encoder")
+    return root
+
+
+def test_classification_with_two_processes_equals_one(fine_tuning, tmp_path):
+    common = ["finetune", "classification", "--model", str(fine_tuning / "encoder"), "--train",
+              str(fine_tuning / "reviews.csv"), "--epochs", "2", "--batch-size", "8", "--max-length", "32",
+              "--learning-rate", "1e-3", "--log-every", "1", "--progress", "false", "--precision", "fp32"]  # fmt: skip
+    trained(launch(2, *common, "--out", str(tmp_path / "two")))
+    trained(launch(1, *common, "--out", str(tmp_path / "one"), "--gradient-accumulation-steps", "2"))
+    assert len(losses(tmp_path / "two")) == 10
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("task", ["ner", "qa"])
+def test_tagging_and_question_answering_run_under_torchrun(fine_tuning, tmp_path, task):
+    data = fine_tuning / ("ner.conll" if task == "ner" else "squad.json")
+    result = launch(2, "finetune", task, "--model", str(fine_tuning / "encoder"), "--train", str(data),
+                    "--dev", str(data), "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "8",
+                    *(["--window-stride", "8"] if task == "ner" else ["--doc-stride", "8"]), "--max-length", "48",
+                    "--log-every", "1", "--progress", "false", "--precision", "fp32")  # fmt: skip
+    trained(result)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["split"] == "train"]
+    assert steps == list(range(1, len(steps) + 1))  # written once per step: by the main process only
+    assert [r["epoch"] for r in records if r["split"] == "valid"] == [1, 2]
+    assert result.stdout.count("epoch 1: dev") == 1  # reported by the main process alone
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

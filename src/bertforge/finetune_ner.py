@@ -37,6 +37,18 @@ from bertforge.data.tagging import (
     resolve_tagging_dataset,
     to_bio,
 )
+from bertforge.distributed import (
+    gather_objects,
+    join_processes,
+    leave_processes,
+    micro_batches_per_step,
+    my_share,
+    restore_rank_rng,
+    share_from_main,
+    sum_across,
+    unwrap,
+    wrap_model,
+)
 from bertforge.errors import BertforgeError
 from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
 from bertforge.ner_metrics import entity_scores
@@ -50,7 +62,6 @@ from bertforge.train import (
     learning_rate_factor,
     load_training_state,
     optimizer_step,
-    pick_device,
     pick_precision,
     plot_metrics,
     save_checkpoint,
@@ -169,8 +180,8 @@ def finetune_ner(settings: NerConfig) -> Path:
     """Fine-tune a tagger; return the folder of the best model (Hugging Face layout, tokenizer included)."""
     # ---- setup ----
     run_dir = Path(settings.out)
-    seed_everything(settings.seed)
-    device = pick_device(settings.device)
+    processes, device = join_processes(settings.device)
+    seed_everything(settings.seed + processes.rank)  # dropout differs between processes; rank 0 is a lone run
     precision = pick_precision(settings.precision, device)
     model_dir = resolve_model_dir(settings.model)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
@@ -198,79 +209,94 @@ def finetune_ner(settings: NerConfig) -> Path:
 
     encoded = encode_sentences(tokenizer, train, settings.max_length, settings.window_stride)
     targets = window_labels(encoded, [[labels.index(t) for t in s.tags] for s in train], settings.label_all_pieces)
+    parts_per_step = micro_batches_per_step(settings.batch_size, 1, processes)
     steps_per_epoch = math.ceil(len(encoded.inputs) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "stale_epochs": 0}
     if checkpoint is not None:
         state.update(load_training_state(checkpoint, optimizer))
+        restore_rank_rng(state, processes, settings.seed, state["step"])
         log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
-    metrics = MetricsLog(run_dir, resume_from_step=state["step"] if checkpoint is not None else None)
-    (run_dir / "ner_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    model = wrap_model(model, processes, device)
+    resumed_step = state["step"] if checkpoint is not None else None
+    metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
+    if processes.is_main:
+        (run_dir / "ner_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     log.info(
         "fine-tuning %s for %d tags (%s in the files) on %d sentences (%d windows) on %s in %s; %d steps",
         model_dir, len(labels), scheme, len(train), len(encoded.inputs), device, precision, total_steps,
     )  # fmt: skip
 
     def evaluate(sentences: list[TaggedSentence]) -> dict[str, Any]:
-        scores = evaluate_tagger(model, tokenizer, sentences, settings, device, precision)
+        scores = evaluate_tagger(unwrap(model), tokenizer, sentences, settings, device, precision)
         model.train()
         return scores
 
     # ---- loop ----
     bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning NER", unit="step",
-               disable=not settings.progress, mininterval=1.0)  # fmt: skip
+               disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
     started = time.perf_counter()
     while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
         lengths = [len(ids) for ids in encoded.inputs.input_ids]
-        for rows in bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed,
-                                     epoch=state["epoch"]):  # fmt: skip
+        batches = bucketed_batches(lengths, settings.batch_size // parts_per_step, shuffle=True, seed=settings.seed,
+                                   epoch=state["epoch"])  # fmt: skip
+        for first in range(0, len(batches), parts_per_step):
             if state["step"] >= total_steps:
                 break
             lr = set_learning_rate(optimizer, settings.learning_rate,
                                    learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
+            ((rows, weight),) = my_share(batches[first : first + parts_per_step], processes)
             batch = {k: v.to(device) for k, v in collate(encoded.inputs, rows, tokenizer.pad_token_id).items()}
             width = batch["input_ids"].shape[1]
             label_rows = [np.pad(targets[r], (0, width - len(targets[r])), constant_values=IGNORE_INDEX) for r in rows]
             with autocast(precision, device):
                 out = model(**batch, labels=torch.as_tensor(np.stack(label_rows), device=device))
-            out.loss.backward()
+            (out.loss * weight).backward()
+            (loss,) = sum_across([float(out.loss.detach()) * weight / processes.world_size], processes)
             optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
             if state["step"] % settings.log_every == 0:
-                loss = float(out.loss.detach())
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.4f}")
         state["epoch"] += 1
-        scores = evaluate(dev) if dev else None
-        if scores is not None:
-            metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
-                           "entity_f1": scores["f1"], "entity_precision": scores["precision"],
-                           "entity_recall": scores["recall"], "token_accuracy": scores["token_accuracy"]})  # fmt: skip
-            bar.write(f"epoch {state['epoch']}: dev entity F1 {scores['f1']:.4f}")
-        if scores is None or state["best"] is None or scores["f1"] > state["best"]:
-            state.update(best=(scores or {}).get("f1"), best_epoch=state["epoch"], stale_epochs=0)
-            save_model_folder(model, tokenizer, run_dir / "model")
-        else:
-            state["stale_epochs"] += 1
-        save_checkpoint(run_dir, state["step"], model, optimizer, state, tokenizer, keep=1)
+        # ---- evaluate on dev, keep the best (the main process decides, the others follow) ----
+        random_states = gather_objects(torch.get_rng_state(), processes)
+        if processes.is_main:
+            scores = evaluate(dev) if dev else None
+            if scores is not None:
+                metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
+                               "entity_f1": scores["f1"], "entity_precision": scores["precision"],
+                               "entity_recall": scores["recall"],
+                               "token_accuracy": scores["token_accuracy"]})  # fmt: skip
+                bar.write(f"epoch {state['epoch']}: dev entity F1 {scores['f1']:.4f}")
+            if scores is None or state["best"] is None or scores["f1"] > state["best"]:
+                state.update(best=(scores or {}).get("f1"), best_epoch=state["epoch"], stale_epochs=0)
+                save_model_folder(unwrap(model), tokenizer, run_dir / "model")
+            else:
+                state["stale_epochs"] += 1
+            saved_state = {**state, "rank_torch_rng": random_states}
+            save_checkpoint(run_dir, state["step"], unwrap(model), optimizer, saved_state, tokenizer, keep=1)
+        state = share_from_main(state, processes)
         patience = settings.early_stopping_patience
         if patience is not None and state["stale_epochs"] >= patience:
             break
     bar.close()
 
     # ---- test with the best model, report, save ----
-    model = BertForTokenClassification.from_pretrained(run_dir / "model").to(device)
-    report: dict[str, Any] = {"best_epoch": state["best_epoch"], "dev_entity_f1": state["best"]}
-    if test:
-        report["test"] = evaluate(test)
-        scores = report["test"]
-        print(f"test: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, "
-              f"recall {scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
-        for kind, by_type in scores["per_type"].items():
-            print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_metrics(run_dir)
-    log.info("best model (epoch %s) saved to %s", state["best_epoch"], run_dir / "model")
+    if processes.is_main:
+        model = BertForTokenClassification.from_pretrained(run_dir / "model").to(device)
+        report: dict[str, Any] = {"best_epoch": state["best_epoch"], "dev_entity_f1": state["best"]}
+        if test:
+            report["test"] = evaluate(test)
+            scores = report["test"]
+            print(f"test: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, "
+                  f"recall {scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
+            for kind, by_type in scores["per_type"].items():
+                print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_metrics(run_dir)
+        log.info("best model (epoch %s) saved to %s", state["best_epoch"], run_dir / "model")
+    leave_processes()
     return run_dir / "model"

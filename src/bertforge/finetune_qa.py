@@ -22,6 +22,18 @@ from bertforge.assets import resolve_model_dir
 from bertforge.classify import collate
 from bertforge.data.classification import bucketed_batches
 from bertforge.data.squad import SquadFile, read_squad, resolve_squad
+from bertforge.distributed import (
+    gather_objects,
+    join_processes,
+    leave_processes,
+    micro_batches_per_step,
+    my_share,
+    restore_rank_rng,
+    share_from_main,
+    sum_across,
+    unwrap,
+    wrap_model,
+)
 from bertforge.heads import BertForQuestionAnswering
 from bertforge.qa import answer_positions, encode_questions, predict_answers
 from bertforge.settings import QaConfig
@@ -35,7 +47,6 @@ from bertforge.train import (
     learning_rate_factor,
     load_training_state,
     optimizer_step,
-    pick_device,
     pick_precision,
     plot_metrics,
     save_checkpoint,
@@ -71,8 +82,8 @@ def finetune_qa(settings: QaConfig) -> Path:
     """Fine-tune a question-answering model; return the folder of the best one (Hugging Face layout)."""
     # ---- setup ----
     run_dir = Path(settings.out)
-    seed_everything(settings.seed)
-    device = pick_device(settings.device)
+    processes, device = join_processes(settings.device)
+    seed_everything(settings.seed + processes.rank)  # dropout differs between processes; rank 0 is a lone run
     precision = pick_precision(settings.precision, device)
     model_dir = resolve_model_dir(settings.model)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
@@ -88,14 +99,19 @@ def finetune_qa(settings: QaConfig) -> Path:
         max_length=settings.max_length, doc_stride=settings.doc_stride, max_query_length=settings.max_query_length,
     )  # fmt: skip
     starts, ends = answer_positions(windows, train.examples)
+    parts_per_step = micro_batches_per_step(settings.batch_size, 1, processes)
     steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_scores": None}
     if checkpoint is not None:
         state.update(load_training_state(checkpoint, optimizer))
+        restore_rank_rng(state, processes, settings.seed, state["step"])
         log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
-    metrics = MetricsLog(run_dir, resume_from_step=state["step"] if checkpoint is not None else None)
-    (run_dir / "qa_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    model = wrap_model(model, processes, device)
+    resumed_step = state["step"] if checkpoint is not None else None
+    metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
+    if processes.is_main:
+        (run_dir / "qa_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     log.info(
         "fine-tuning %s for question answering on %d questions (%d windows, %d with the answer) on %s in %s; "
         "%d steps", model_dir, len(train.examples), len(windows), int((starts > 0).sum()), device, precision,
@@ -104,54 +120,64 @@ def finetune_qa(settings: QaConfig) -> Path:
 
     # ---- loop ----
     bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning QA", unit="step",
-               disable=not settings.progress, mininterval=1.0)  # fmt: skip
+               disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
     started = time.perf_counter()
     while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
         lengths = [len(ids) for ids in windows.inputs.input_ids]
-        for rows in bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed,
-                                     epoch=state["epoch"]):  # fmt: skip
+        batches = bucketed_batches(lengths, settings.batch_size // parts_per_step, shuffle=True, seed=settings.seed,
+                                   epoch=state["epoch"])  # fmt: skip
+        for first in range(0, len(batches), parts_per_step):
             if state["step"] >= total_steps:
                 break
             lr = set_learning_rate(optimizer, settings.learning_rate,
                                    learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
+            ((rows, weight),) = my_share(batches[first : first + parts_per_step], processes)
             batch = {k: v.to(device) for k, v in collate(windows.inputs, rows, tokenizer.pad_token_id).items()}
             with autocast(precision, device):
                 out = model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
                             end_positions=torch.as_tensor(ends[rows], device=device))  # fmt: skip
-            out.loss.backward()
+            (out.loss * weight).backward()
+            (loss,) = sum_across([float(out.loss.detach()) * weight / processes.world_size], processes)
             optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
             if state["step"] % settings.log_every == 0:
-                loss = float(out.loss.detach())
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.4f}")
         state["epoch"] += 1
 
-        # ---- evaluate on dev, keep the best ----
-        scores, predictions = evaluate_qa(model, tokenizer, dev, settings, device, precision) if dev else (None, {})
-        model.train()
-        if scores is not None:
-            metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
-                           "exact_match": scores["exact_match"], "f1": scores["f1"]})  # fmt: skip
-            bar.write(f"epoch {state['epoch']}: dev exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f}")
-        if scores is None or state["best"] is None or scores["f1"] > state["best"]:
-            state.update(best=(scores or {}).get("f1"), best_epoch=state["epoch"], best_scores=scores)
-            save_model_folder(model, tokenizer, run_dir / "model")
-            if dev:
-                text = json.dumps(predictions, indent=1, ensure_ascii=False) + "\n"
-                (run_dir / "dev_predictions.json").write_text(text, encoding="utf-8")
-        save_checkpoint(run_dir, state["step"], model, optimizer, state, tokenizer, keep=1)
+        # ---- evaluate on dev, keep the best (the main process decides, the others follow) ----
+        random_states = gather_objects(torch.get_rng_state(), processes)
+        if processes.is_main:
+            scores, predictions = (
+                evaluate_qa(unwrap(model), tokenizer, dev, settings, device, precision) if dev else (None, {})
+            )
+            model.train()
+            if scores is not None:
+                metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
+                               "exact_match": scores["exact_match"], "f1": scores["f1"]})  # fmt: skip
+                bar.write(f"epoch {state['epoch']}: dev exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f}")
+            if scores is None or state["best"] is None or scores["f1"] > state["best"]:
+                state.update(best=(scores or {}).get("f1"), best_epoch=state["epoch"], best_scores=scores)
+                save_model_folder(unwrap(model), tokenizer, run_dir / "model")
+                if dev:
+                    text = json.dumps(predictions, indent=1, ensure_ascii=False) + "\n"
+                    (run_dir / "dev_predictions.json").write_text(text, encoding="utf-8")
+            saved_state = {**state, "rank_torch_rng": random_states}
+            save_checkpoint(run_dir, state["step"], unwrap(model), optimizer, saved_state, tokenizer, keep=1)
+        state = share_from_main(state, processes)
     bar.close()
 
     # ---- report, save ----
-    report: dict[str, Any] = {"best_epoch": state["best_epoch"], "dev": state["best_scores"]}
-    if state["best_scores"] is not None:
-        scores = state["best_scores"]
-        print(f"dev (epoch {state['best_epoch']}): exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} "
-              f"on {scores['questions']} questions")  # fmt: skip
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_metrics(run_dir)
-    log.info("best model (epoch %s) saved to %s", state["best_epoch"], run_dir / "model")
+    if processes.is_main:
+        report: dict[str, Any] = {"best_epoch": state["best_epoch"], "dev": state["best_scores"]}
+        if state["best_scores"] is not None:
+            scores = state["best_scores"]
+            print(f"dev (epoch {state['best_epoch']}): exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} "
+                  f"on {scores['questions']} questions")  # fmt: skip
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_metrics(run_dir)
+        log.info("best model (epoch %s) saved to %s", state["best_epoch"], run_dir / "model")
+    leave_processes()
     return run_dir / "model"
