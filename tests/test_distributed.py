@@ -210,3 +210,19 @@ def test_tagging_and_question_answering_run_under_torchrun(fine_tuning, tmp_path
     assert [r["epoch"] for r in records if r["split"] == "valid"] == [1, 2]
     assert result.stdout.count("epoch 1: dev") == 1  # reported by the main process alone
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_fsdp_trains_like_ddp_saves_the_same_folder_and_resumes_in_one_process(shards, two_processes, tmp_path):
+    sharded = tmp_path / "fsdp"
+    trained(torchrun(2, sharded, shards, "--dropout", "0", "--strategy", "fsdp"))
+    assert losses(sharded) == pytest.approx(losses(two_processes), rel=1e-5)
+    assert sorted(p.name for p in (sharded / "model").iterdir()) == sorted(
+        p.name for p in (two_processes / "model").iterdir()
+    )
+    ddp = weights(two_processes)
+    for name, tensor in weights(sharded).items():
+        torch.testing.assert_close(tensor, ddp[name], atol=1e-5, rtol=0, msg=name)
+    # Its checkpoints hold whole weights and the optimizer state by parameter name: one process can resume them.
+    subprocess.run(["rm", "-r", str(sharded / "checkpoints" / "step-0000006")], check=True)
+    trained(torchrun(1, sharded, shards, "--dropout", "0", "--gradient-accumulation-steps", "2", "--resume", "true"))
+    assert losses(sharded) == pytest.approx(losses(two_processes), rel=1e-5)

@@ -28,11 +28,14 @@ import torch.distributed as dist
 from torch import nn
 
 from bertforge.errors import BertforgeError
+from bertforge.model import BertLayer
 from bertforge.train import pick_device
 
 log = logging.getLogger("bertforge")
 
 T = TypeVar("T")
+
+STRATEGIES = ("ddp", "fsdp")
 
 # How long a process waits in a collective for the others before it gives up. torchrun stops the survivors as
 # soon as one process dies; this bounds the wait where nothing watches the processes. The main process
@@ -94,16 +97,73 @@ def leave_processes() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, processes: Processes, device: torch.device) -> nn.Module:
-    """``model`` in DistributedDataParallel when there are several processes (parameters start equal: DDP
-    broadcasts rank 0's); the model itself otherwise. :func:`unwrap` gives back the model for saving."""
+def wrap_model(model: nn.Module, processes: Processes, device: torch.device, strategy: str = "ddp") -> nn.Module:
+    """``model`` made ready for several processes; the model itself when running alone.
+
+    "ddp": DistributedDataParallel, a whole copy in each process (parameters start equal: DDP broadcasts rank 0's).
+    "fsdp": PyTorch's fully sharded data parallelism (FSDP2, ``fully_shard``) on each encoder layer and on the
+    whole: each process keeps a 1/N share of parameters, gradients and optimizer state and gathers a layer's
+    parameters only while it runs, for models that do not fit one device. Build the optimizer after this call.
+    """
     if not processes.distributed:
+        return model
+    if strategy not in STRATEGIES:
+        raise BertforgeError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if strategy == "fsdp":
+        with torch.no_grad():  # start from rank 0's weights, as DDP does: each process initialised its own
+            for tensor in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(tensor, src=0)
+        fully_shard = _fully_shard()
+        for module in model.modules():
+            if isinstance(module, BertLayer):
+                fully_shard(module)
+        fully_shard(model)
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def _fully_shard() -> Any:
+    try:
+        from torch.distributed.fsdp import fully_shard  # torch >= 2.6
+    except ImportError:  # torch 2.4 and 2.5 ship it under its first name
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True for a model that :func:`wrap_model` sharded with FSDP."""
+    return hasattr(model, "set_requires_gradient_sync")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def whole_model(model: nn.Module, processes: Processes, architecture: type[nn.Module]) -> nn.Module | None:
+    """The unsharded model in the main process, for saving; None in the others.
+
+    Under FSDP every process must call this (the parameters are gathered from all of them) and the main process
+    gets a plain ``architecture`` holding the full weights, which saves to the same Hugging Face-layout folder
+    as a single-process run.
+    """
+    if not is_sharded(model):
+        return unwrap(model) if processes.is_main else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not processes.is_main:
+        return None
+    whole = architecture(model.config)
+    whole.load_state_dict(state)
+    return whole
+
+
+def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's full state keyed by parameter names rather than positions, so that a checkpoint resumes
+    under any strategy and number of processes. Every process must call this (FSDP gathers the shares)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def my_share(group: list[T], processes: Processes) -> list[tuple[T, float]]:
@@ -121,8 +181,11 @@ def my_share(group: list[T], processes: Processes) -> list[tuple[T, float]]:
 
 
 def gradient_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
-    """DDP's ``no_sync`` for every micro-batch but the last of a step: gradients accumulate locally and are
-    all-reduced once, in the last backward pass."""
+    """DDP's ``no_sync`` (FSDP: no reduce-scatter) for every micro-batch but the last of a step: gradients
+    accumulate locally and are averaged across processes once, in the last backward pass."""
+    if is_sharded(model):
+        model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
     if last or not isinstance(model, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return model.no_sync()

@@ -26,13 +26,16 @@ from bertforge.data.shards import ShardedCorpus, check_tokenizer
 from bertforge.distributed import (
     gather_objects,
     gradient_sync,
+    is_sharded,
     join_processes,
     leave_processes,
     micro_batches_per_step,
     my_share,
+    optimizer_state_by_name,
     restore_rank_rng,
     sum_across,
     unwrap,
+    whole_model,
     wrap_model,
 )
 from bertforge.errors import BertforgeError
@@ -163,17 +166,18 @@ def pretrain(settings: PretrainConfig) -> Path:
         model = architecture.from_pretrained(checkpoint or settings.init_from)
     else:
         model = architecture(model_config(settings, len(tokenizer)))
-    model.to(device).train()
+    model = wrap_model(model.to(device).train(), processes, device, settings.strategy)
     betas = (settings.adam_beta1, settings.adam_beta2)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay, betas, settings.adam_epsilon)
     step, epoch, batch_in_epoch, elapsed, tokens_seen = 0, 0, 0, 0.0, 0
     if checkpoint is not None:
-        state = load_training_state(checkpoint, optimizer)
+        state = load_training_state(checkpoint, optimizer, model)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         elapsed, tokens_seen = state["elapsed"], state["tokens_seen"]
         restore_rank_rng(state, processes, settings.seed, step)
         log.info("resumed from %s (step %d, epoch %d)", checkpoint, step, epoch)
-    model = wrap_model(model, processes, device)
+    # Under FSDP every process takes part in each forward pass, so all evaluate (only the main one reports).
+    evaluates = processes.is_main or is_sharded(model)
 
     steps_per_epoch = math.ceil(examples.count(0) / settings.batch_size)
     total_steps = min(
@@ -258,25 +262,28 @@ def pretrain(settings: PretrainConfig) -> Path:
                     bar.total = max(step, round(step / max(progress_now(), 1e-9)))
                 window_tokens, window_start = 0, time.perf_counter()
             bar.update(1)
-            if processes.is_main and (step % settings.eval_every == 0 or done):
+            if evaluates and (step % settings.eval_every == 0 or done):
                 scores = evaluate(unwrap(model), eval_batches, device, precision)
                 metrics.write({"step": step, "split": "valid", "epoch": epoch, "elapsed": elapsed, **scores})
-                bar.write("step {}: {}".format(step, ", ".join(f"valid {k} {v:.4f}" for k, v in scores.items())))
+                if processes.is_main:
+                    bar.write("step {}: {}".format(step, ", ".join(f"valid {k} {v:.4f}" for k, v in scores.items())))
             if step % settings.save_every == 0 or done:
                 random_states = gather_objects(torch.get_rng_state(), processes)
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "elapsed": elapsed,
                          "tokens_seen": tokens_seen, "rank_torch_rng": random_states}  # fmt: skip
+                whole = whole_model(model, processes, architecture)
+                optimizer_state = optimizer_state_by_name(model, optimizer)
                 if processes.is_main:
-                    keep = settings.keep_checkpoints
-                    save_checkpoint(run_dir, step, unwrap(model), optimizer, state, tokenizer, keep)
+                    save_checkpoint(run_dir, step, whole, optimizer, state, tokenizer, settings.keep_checkpoints,
+                                    optimizer_state=optimizer_state)  # fmt: skip
         if not done:
             epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
 
     # ---- save ----
-    final = run_dir / "model"
+    final, whole = run_dir / "model", whole_model(model, processes, architecture)
     if processes.is_main:
-        save_model_folder(unwrap(model), tokenizer, final)
+        save_model_folder(whole, tokenizer, final)
         plot = plot_metrics(run_dir)
         log.info("saved the model to %s and the training curves to %s (%d tokens seen)", final, plot, tokens_seen)
     leave_processes()

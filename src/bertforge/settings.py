@@ -36,6 +36,7 @@ class PretrainConfig:
     adam_epsilon: float = 1e-6  # AdamW denominator floor; BERT used 1e-6
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
+    strategy: str = "ddp"  # under torchrun: "ddp" (a model copy per process) or "fsdp" (parameters sharded)
     low_memory: bool = False  # give freed activations back to the system: ~30% lower peak RSS on CPU, ~15% slower
     max_steps: int | None = None  # stop after this many optimizer steps
     max_epochs: float | None = None  # stop after this many passes over the training shards
@@ -61,6 +62,8 @@ class PretrainConfig:
             )
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise BertforgeError(f"strategy {self.strategy!r} is not one of ddp, fsdp")
 
 
 @dataclass

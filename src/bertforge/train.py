@@ -174,8 +174,13 @@ def save_checkpoint(
     state: dict[str, Any],
     tokenizer: Any,
     keep: int,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step-NNNNNNN`` (model folder + training state) atomically; keep the last ``keep``."""
+    """Write ``run_dir/checkpoints/step-NNNNNNN`` (model folder + training state) atomically; keep the last ``keep``.
+
+    ``optimizer_state``: the state keyed by parameter names (``distributed.optimizer_state_by_name``) in place of
+    ``optimizer.state_dict()``, which numbers parameters by position.
+    """
     root = run_dir / "checkpoints"
     final = save_model_folder(
         model,
@@ -183,7 +188,8 @@ def save_checkpoint(
         root / f"step-{step:07d}",
         {
             **state,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+            "optimizer_by_name": optimizer_state is not None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
@@ -209,12 +215,25 @@ def checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
     return found
 
 
-def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore optimizer and RNG states from a checkpoint folder; return the recipe's own saved state."""
+def load_training_state(
+    checkpoint: Path, optimizer: torch.optim.Optimizer, model: nn.Module | None = None
+) -> dict[str, Any]:
+    """Restore optimizer and RNG states from a checkpoint folder; return the recipe's own saved state.
+
+    ``model`` (wrapped for several processes or not) is needed for an optimizer state saved by parameter name.
+    """
     path = checkpoint / TRAINING_STATE_NAME
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state.pop("optimizer"))
+        if state.pop("optimizer_by_name", False):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            if model is None:
+                raise ValueError("this checkpoint's optimizer state is keyed by parameter name; pass the model")
+            options = StateDictOptions(full_state_dict=True)
+            set_optimizer_state_dict(model, optimizer, optim_state_dict=state.pop("optimizer"), options=options)
+        else:
+            optimizer.load_state_dict(state.pop("optimizer"))
     except FileNotFoundError:
         raise BertforgeError(f"{path}: missing; {checkpoint} is not a complete checkpoint") from None
     except Exception as error:  # a truncated or foreign file fails in many ways; all mean "cannot resume"
