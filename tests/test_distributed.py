@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 from test_finetune import review
 from test_finetune_ner import sentence
-from test_pretraining import generated_documents
+from test_pretraining import make_shards
 from test_qa import synthetic_squad
 
 from bertforge.config import BertConfig
 from bertforge.data.classification import bucketed_batches
 from bertforge.data.examples import split_batch
-from bertforge.data.shards import ShardedCorpus, prepare_corpus
+from bertforge.data.shards import ShardedCorpus
 from bertforge.distributed import Processes, micro_batches_per_step, my_share
 from bertforge.errors import BertforgeError
 from bertforge.model import BertModel
@@ -33,12 +33,7 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join("\n".join(doc) for doc in generated_documents(240)) + "\n", encoding="utf-8")
-    train_tokenizer([corpus], 120, show_progress=False).save_pretrained(root / "tokenizer")
-    prepare_corpus([corpus], root / "tokenizer", root / "shards", valid_fraction=0.1, workers=1, show_progress=False)
-    return root / "shards"
+    return make_shards(tmp_path_factory.mktemp("corpus"))
 
 
 def launch(processes: int, *arguments: str, crash: str = "") -> subprocess.CompletedProcess:

@@ -38,14 +38,18 @@ def generated_documents(count: int, seed: int = 0) -> list[list[str]]:
     return documents
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
+def make_shards(root):
+    """A tokenizer and shards (10% of the documents held out) of 240 generated documents, in ``root``."""
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join("\n".join(doc) for doc in generated_documents(240)) + "\n", encoding="utf-8")
     train_tokenizer([corpus], 120, show_progress=False).save_pretrained(root / "tokenizer")
     prepare_corpus([corpus], root / "tokenizer", root / "shards", valid_fraction=0.1, workers=1, show_progress=False)
     return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("corpus"))
 
 
 def settings(shards, tmp_path, **overrides):
