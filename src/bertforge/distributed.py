@@ -11,6 +11,9 @@ The recipes stay single-process programs with four extra ideas, all here:
 - only the main process (rank 0) evaluates, logs and writes files (:attr:`Processes.is_main`);
 - figures that each process saw part of (losses, token counts) are summed across processes (:func:`sum_across`).
 
+Pretraining may shard the model instead of copying it (``strategy: fsdp``, :func:`wrap_model`); then every process
+takes part in evaluation and in gathering the whole weights for a checkpoint (:func:`whole_model`).
+
 Without torchrun (no ``WORLD_SIZE`` in the environment) all of this reduces to the plain single-process loop.
 """
 
