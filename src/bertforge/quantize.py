@@ -20,8 +20,10 @@ QUANTIZATIONS = ("none", "int8")
 
 def symmetric_int8(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """x ≈ q · scale, q in [-127, 127], one scale per slice along ``dim`` (its absolute maximum / 127)."""
-    scale = x.abs().amax(dim=dim, keepdim=True).clamp_min(1e-12) / 127
-    return torch.round(x / scale).to(torch.int8), scale
+    # amax and amin separately: torch.aminmax measured 10-20x slower on (1000, 384) rows, |x|.amax() 1.3x.
+    high, low = x.amax(dim=dim, keepdim=True), x.amin(dim=dim, keepdim=True)
+    scale = torch.maximum(high, low.neg_()).clamp_min_(1e-12).div_(127)
+    return (x / scale).round_().to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
@@ -45,8 +47,9 @@ class Int8Linear(nn.Module):
             product = torch._int_mm(torch.cat([quantised, padding]), self.weight_t)[: rows.shape[0]]
         else:
             product = torch._int_mm(quantised, self.weight_t)  # (M, N) int32
-        # acc · s_x · s_w + bias, in place on one new (M, N) tensor: fresh large buffers cost page faults
-        out = (product * scale).mul_(self.weight_scale).add_(self.bias)
+        # acc · s_x · s_w + bias, in place on one new (M, N) float tensor: int32 × float broadcasting (product *
+        # scale) takes a slow type-promoting path, measured 2.7x the time of a conversion and in-place products.
+        out = product.float().mul_(scale).mul_(self.weight_scale).add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
