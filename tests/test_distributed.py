@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from test_finetune import review
 from test_finetune_ner import sentence
-from test_pretraining import make_shards
+from test_pretraining import make_shards, read_losses
 from test_qa import synthetic_squad
 
 from bertforge.config import BertConfig
@@ -58,8 +58,7 @@ def trained(result: subprocess.CompletedProcess) -> None:
 
 def losses(run: Path) -> dict[int, float]:
     """Step → logged training loss."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+    return dict(read_losses(run))
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

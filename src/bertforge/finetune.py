@@ -216,11 +216,11 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
                         out = model(**batch, labels=batch_labels, class_weights=class_weights)
                     (out.loss * weight).backward()
                 loss_value += float(out.loss.detach()) * weight / processes.world_size
-            (loss_value,) = sum_across([loss_value], processes)
             optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
-            if state["step"] % settings.log_every == 0:
+            if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective
+                (loss_value,) = sum_across([loss_value], processes)
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss_value, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")

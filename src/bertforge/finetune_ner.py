@@ -252,11 +252,11 @@ def finetune_ner(settings: NerConfig) -> Path:
             with autocast(precision, device):
                 out = model(**batch, labels=torch.as_tensor(np.stack(label_rows), device=device))
             (out.loss * weight).backward()
-            (loss,) = sum_across([float(out.loss.detach()) * weight / processes.world_size], processes)
             optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
-            if state["step"] % settings.log_every == 0:
+            if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective
+                (loss,) = sum_across([float(out.loss.detach()) * weight / processes.world_size], processes)
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.4f}")

@@ -137,11 +137,11 @@ def finetune_qa(settings: QaConfig) -> Path:
                 out = model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
                             end_positions=torch.as_tensor(ends[rows], device=device))  # fmt: skip
             (out.loss * weight).backward()
-            (loss,) = sum_across([float(out.loss.detach()) * weight / processes.world_size], processes)
             optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
-            if state["step"] % settings.log_every == 0:
+            if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective
+                (loss,) = sum_across([float(out.loss.detach()) * weight / processes.world_size], processes)
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.4f}")
