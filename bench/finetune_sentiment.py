@@ -48,7 +48,7 @@ def splits(dataset: str) -> dict[str, tuple[list[str], list[str]]]:
     return rows
 
 
-def bertforge_side(dataset: str, precision: str, epochs: float, seed: int) -> dict:
+def bertforge_side(dataset: str, precision: str, epochs: float, seed: int, device: str) -> dict:
     from bertforge.finetune import finetune_classification
     from bertforge.pipelines import pipeline
     from bertforge.settings import FinetuneConfig
@@ -63,13 +63,16 @@ def bertforge_side(dataset: str, precision: str, epochs: float, seed: int) -> di
         settings = FinetuneConfig(
             model="all-MiniLM-L6-v2", train=str(files["train"]), dev=str(files["dev"]), test=str(files["test"]),
             out=str(Path(out) / "run"), epochs=epochs, batch_size=BATCH, learning_rate=LEARNING_RATE,
-            warmup=WARMUP, max_length=MAX_LENGTH[dataset], seed=seed, precision=precision, progress=False,
+            warmup=WARMUP, max_length=MAX_LENGTH[dataset], seed=seed, precision=precision,
+            progress=False, device=device,
         )  # fmt: skip
         started = time.perf_counter()
         folder = finetune_classification(settings)
         train_seconds = time.perf_counter() - started  # includes the dev evaluation each epoch, as a user waits
         texts, labels = data["test"]
-        classify = pipeline("sentiment-analysis", model=folder, max_length=MAX_LENGTH[dataset], precision=precision)
+        classify = pipeline(
+            "sentiment-analysis", model=folder, max_length=MAX_LENGTH[dataset], precision=precision, device=device
+        )
         classify(texts[:64])  # warm-up
         started = time.perf_counter()
         results = classify(texts, batch_size=BATCH)
@@ -78,7 +81,7 @@ def bertforge_side(dataset: str, precision: str, epochs: float, seed: int) -> di
     return {"accuracy": accuracy, "train_seconds": train_seconds, "infer_seconds": infer_seconds}
 
 
-def transformers_side(dataset: str, precision: str, epochs: float, seed: int) -> dict:
+def transformers_side(dataset: str, precision: str, epochs: float, seed: int, device: str) -> dict:
     import transformers
 
     from bertforge.assets import fetch
@@ -91,14 +94,15 @@ def transformers_side(dataset: str, precision: str, epochs: float, seed: int) ->
     tokenizer = transformers.BertTokenizer.from_pretrained(folder)
     model = transformers.BertForSequenceClassification.from_pretrained(
         folder, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
-    )
-    classify = transformers.pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
+    ).to(device)
+    classify = transformers.pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
+    autocast = torch.device(device).type
 
     def accuracy_on(split: str) -> tuple[float, float]:
         """Accuracy of the pipeline on ``split`` and the seconds it took."""
         model.eval()
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(autocast, dtype=torch.bfloat16, enabled=precision == "bf16"):
             results = classify(data[split][0], batch_size=BATCH, truncation=True, max_length=max_length)
         seconds = time.perf_counter() - started
         model.train()
@@ -127,9 +131,9 @@ def transformers_side(dataset: str, precision: str, epochs: float, seed: int) ->
                 break
             rows = order[start : start + BATCH]
             batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")  # fmt: skip
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = model(**batch, labels=torch.as_tensor(labels[rows])).loss
+                              return_tensors="pt").to(device)  # fmt: skip
+            with torch.autocast(autocast, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(**batch, labels=torch.as_tensor(labels[rows], device=device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -152,13 +156,17 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and dropout, both sides")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     parser.add_argument("--child", choices=("bertforge", "transformers"))
     args = parser.parse_args()
     if args.child:
         side = bertforge_side if args.child == "bertforge" else transformers_side
-        print(json.dumps({**side(args.dataset, args.precision, args.epochs, args.seed), "peak_rss_mb": peak_rss_mb()}))
+        result = side(args.dataset, args.precision, args.epochs, args.seed, args.device)
+        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     print(machine())
+    if args.device != "cpu":
+        print(torch.cuda.get_device_name(args.device))
     data = splits(args.dataset)
     print(f"MiniLM-L6 on {args.dataset}: {len(data['train'][0]):,} training texts, {args.epochs:g} epochs, "
           f"batch {BATCH}, lr {LEARNING_RATE}, max_length {MAX_LENGTH[args.dataset]}, {args.precision}")  # fmt: skip
@@ -167,7 +175,7 @@ def main() -> None:
     for side in ("transformers", "bertforge"):
         r = results[side] = run_child("bench.finetune_sentiment", "--child", side, "--dataset", args.dataset,
                                       "--precision", args.precision, "--epochs", str(args.epochs),
-                                      "--seed", str(args.seed))  # fmt: skip
+                                      "--seed", str(args.seed), "--device", args.device)  # fmt: skip
         print(f"  {side:<13} test accuracy {r['accuracy']:.4f}  fine-tuning {examples / r['train_seconds']:6.1f} "
               f"examples/s  inference {tests / r['infer_seconds']:6.1f} texts/s  "
               f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
