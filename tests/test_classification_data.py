@@ -245,13 +245,24 @@ def padded_positions(batches: list[list[int]], lengths: np.ndarray) -> int:
 def test_bucketing_covers_every_index_once_and_cuts_padding():
     lengths = np.random.default_rng(0).integers(5, 500, size=3_000)
     batch_size = 16
-    batches = bucketed_batches(lengths.tolist(), batch_size, shuffle=True, seed=1)
+    batches = bucketed_batches(lengths.tolist(), batch_size, shuffle=True, seed=1, bucket_batches=50)
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     assert sum(len(batch) < batch_size for batch in batches) == 1  # 3000 = 187 * 16 + 8
     order = np.random.default_rng(2).permutation(len(lengths))
     random_batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     # Random batches waste about half their positions on padding; batches of neighbours in length almost none.
     assert padded_positions(batches, lengths) < 0.1 * padded_positions(random_batches, lengths)
+
+
+def test_default_batches_are_random_whatever_the_lengths():
+    lengths = np.random.default_rng(0).integers(5, 500, size=3_000)
+    batches = bucketed_batches(lengths.tolist(), 16, shuffle=True, seed=1)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    # Lengths sorted within each batch only: the batches' spreads are those of random batches, not of neighbours.
+    spreads = [int(lengths[batch].max() - lengths[batch].min()) for batch in batches]
+    assert np.median(spreads) > 300
+    with pytest.raises(BertforgeError, match="bucket_batches"):
+        bucketed_batches([1, 2], 1, shuffle=True, seed=0, bucket_batches=0)
 
 
 def test_bucketing_is_seeded_and_changes_with_the_epoch():

@@ -262,3 +262,28 @@ def test_unpadded_training_with_dropout_runs_per_sequence():
     with torch.no_grad():
         left_padded = model(ids.flip(1), mask.flip(1), types.flip(1)).last_hidden_state  # padding first
     assert left_padded[~mask.flip(1).bool()].abs().sum() == 0
+
+
+def matching_share(model: BertModel, samples: int = 200) -> float:
+    """Share of (head, x) where x's query scores x's own key above 63 other LayerNorm-like vectors' keys."""
+    H, A, D = model.config.hidden_size, model.config.num_attention_heads, model.config.head_size
+    weight = model.layers[0].attention.qkv.weight.detach()
+    generator = torch.Generator().manual_seed(1)
+    wins = []
+    for _ in range(samples):
+        x = torch.randn(64, H, generator=generator)  # row 0 is the query's own vector
+        for head in range(A):
+            q = x[0] @ weight[head * D : (head + 1) * D].T  # (D,)
+            k = x @ weight[H + head * D : H + (head + 1) * D].T  # (64, D)
+            wins.append(bool((k @ q).argmax() == 0))
+    return sum(wins) / len(wins)
+
+
+def test_mimetic_init_makes_tokens_attend_to_themselves():
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=50))
+    assert matching_share(model) < 0.2  # BERT's random start: own key rarely the best of 64
+    values = model.layers[0].attention.qkv.weight[2 * 128 :].clone()
+    model.mimetic_attention_init()
+    assert matching_share(model) > 0.95
+    assert torch.equal(model.layers[0].attention.qkv.weight[2 * 128 :], values)  # only queries and keys change

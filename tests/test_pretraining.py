@@ -136,7 +136,8 @@ def test_cli_pretrain_then_fill_mask(shards, tmp_path, capsys):
     config.write_text(f"data: {shards}\nmodel: tiny\nmax_seq_length: 64\nbatch_size: 8\nprogress: false\n")
     out = tmp_path / "run"
     assert (
-        main(["pretrain", "--config", str(config), "--out", str(out), "--max-steps", "2", "--precision", "fp32"]) == 0
+        main(["pretrain", "--config", str(config), "--out", str(out), "--max-steps", "2", "--precision", "fp32",
+              "--attention-init", "mimetic"]) == 0  # fmt: skip
     )
     assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in (out / "model").iterdir()}
     assert (
@@ -152,6 +153,8 @@ def test_unknown_setting_and_missing_stop_are_errors(shards, tmp_path, capsys):
     assert "unknown setting --max-step" in capsys.readouterr().err
     assert main(["pretrain", "--data", str(shards)]) == 2
     assert "say when to stop" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(shards), "--max-steps", "3", "--attention-init", "xavier"]) == 2
+    assert "attention_init 'xavier' is not one of bert, mimetic" in capsys.readouterr().err
 
 
 def test_tokenizer_that_does_not_match_the_shards(shards, tmp_path):

@@ -197,7 +197,7 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
     while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
         batches = bucketed_batches(
             [len(ids) for ids in train_inputs.input_ids], micro_batch, shuffle=True, seed=settings.seed,
-            epoch=state["epoch"],
+            epoch=state["epoch"], bucket_batches=settings.bucket_batches,
         )  # fmt: skip
         for first in range(0, len(batches), parts_per_step):
             if state["step"] >= total_steps:

@@ -125,7 +125,7 @@ def finetune_qa(settings: QaConfig) -> Path:
     while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
         lengths = [len(ids) for ids in windows.inputs.input_ids]
         batches = bucketed_batches(lengths, settings.batch_size // parts_per_step, shuffle=True, seed=settings.seed,
-                                   epoch=state["epoch"])  # fmt: skip
+                                   epoch=state["epoch"], bucket_batches=settings.bucket_batches)  # fmt: skip
         for first in range(0, len(batches), parts_per_step):
             if state["step"] >= total_steps:
                 break

@@ -166,6 +166,8 @@ def pretrain(settings: PretrainConfig) -> Path:
         model = architecture.from_pretrained(checkpoint or settings.init_from)
     else:
         model = architecture(model_config(settings, len(tokenizer)))
+        if settings.attention_init == "mimetic":
+            model.mimetic_attention_init()
     model = wrap_model(model.to(device).train(), processes, device, settings.strategy)
     betas = (settings.adam_beta1, settings.adam_beta2)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay, betas, settings.adam_epsilon)

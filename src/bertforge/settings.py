@@ -36,6 +36,7 @@ class PretrainConfig:
     adam_epsilon: float = 1e-6  # AdamW denominator floor; BERT used 1e-6
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
+    attention_init: str = "bert"  # bert: N(0, 0.02); mimetic: query·key ≈ identity at the start (learns sooner)
     strategy: str = "ddp"  # under torchrun: "ddp" (a model copy per process) or "fsdp" (parameters sharded)
     low_memory: bool = False  # give freed activations back to the system: ~30% lower peak RSS on CPU, ~15% slower
     max_steps: int | None = None  # stop after this many optimizer steps
@@ -62,6 +63,8 @@ class PretrainConfig:
             )
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
+        if self.attention_init not in ("bert", "mimetic"):
+            raise BertforgeError(f"attention_init {self.attention_init!r} is not one of bert, mimetic")
         if self.strategy not in ("ddp", "fsdp"):
             raise BertforgeError(f"strategy {self.strategy!r} is not one of ddp, fsdp")
 
@@ -87,6 +90,8 @@ class FinetuneConfig:
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
+    bucket_batches: int = 1  # batches' worth of shuffled examples sorted by length together; 1 = random batches,
+    # 50 = batches of similar length (less padding on a GPU, slightly less accurate on IMDB)
     learning_rate: float = 5e-5  # peak learning rate after warm-up
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
@@ -139,6 +144,8 @@ class NerConfig:
     epochs: float = 3.0  # passes over the training data
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # windows per optimizer step
+    bucket_batches: int = 1  # batches' worth of shuffled examples sorted by length together; 1 = random batches,
+    # 50 = batches of similar length (less padding on a GPU, slightly less accurate on IMDB)
     learning_rate: float = 5e-5  # peak learning rate after warm-up
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
@@ -178,6 +185,8 @@ class QaConfig:
     epochs: float = 2.0  # passes over the training windows
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # windows per optimizer step
+    bucket_batches: int = 1  # batches' worth of shuffled examples sorted by length together; 1 = random batches,
+    # 50 = batches of similar length (less padding on a GPU, slightly less accurate on IMDB)
     learning_rate: float = 5e-5  # peak learning rate after warm-up
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)

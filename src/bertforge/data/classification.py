@@ -20,7 +20,8 @@ that is not JSON, a record with the wrong number of fields) stop reading with a 
 ``path:line``; with ``bad_rows="skip"`` they are left out and listed in :attr:`ClassificationFile.skipped`
 instead. Line numbers are those an editor shows: a CSV record spanning several lines is reported at its first.
 
-:func:`bucketed_batches` groups examples of similar length into batches, so little compute goes to padding.
+:func:`bucketed_batches` cuts examples into batches, optionally of similar length so that little compute goes to
+padding.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ BAD_ROW_POLICIES: tuple[str, ...] = ("fail", "skip")
 JSON_SUFFIXES = (".jsonl", ".json")
 # Delimiter implied by a suffix; other suffixes need an explicit ``delimiter``.
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
-# How many of ``lengths`` (in batches) are sorted together by `bucketed_batches`; see there for the trade-off.
-BUCKET_BATCHES = 50
 
 # Text decoded with errors="surrogateescape" keeps each byte that is not UTF-8 as one of these lone surrogates,
 # so a bad byte spoils only its own row instead of the whole file.
@@ -170,16 +169,18 @@ def read_classification_file(
 
 
 def bucketed_batches(
-    lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0
+    lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, bucket_batches: int = 1
 ) -> list[list[int]]:
-    """Group example indices into batches of similar length; every index appears in exactly one batch.
+    """Group example indices into batches; every index appears in exactly one batch.
 
     A batch is padded to its longest member, so mixing a 20-token and a 500-token review wastes 480 positions of
-    compute. Sorting everything by length removes that waste but makes every epoch the same sequence of batches,
-    from all-short to all-long. The middle way, used here when ``shuffle`` is set: shuffle the indices (seeded by
-    ``seed`` and ``epoch``, so each epoch differs and a rerun repeats), cut them into chunks of
-    ``BUCKET_BATCHES * batch_size``, sort each chunk by length and split it into batches, then shuffle the order
-    of all batches. Batches hold neighbours in length yet differ from epoch to epoch.
+    compute where padding is computed (on a GPU; the CPU path runs real tokens only). Sorting everything by length
+    removes that waste but makes every epoch the same sequence of batches, from all-short to all-long. With
+    ``shuffle``: shuffle the indices (seeded by ``seed`` and ``epoch``, so each epoch differs and a rerun repeats),
+    cut them into chunks of ``bucket_batches * batch_size``, sort each chunk by length and split it into batches,
+    then shuffle the order of all batches. ``bucket_batches=1`` gives plain random batches; larger values give
+    batches of neighbours in length, less padding, but less varied batches (measured on IMDB: 50 cost about 0.2
+    accuracy points, see bench/RESULTS.md).
 
     Without ``shuffle`` (evaluation and prediction) all indices are sorted by length, longest first, so a batch
     too large for memory fails at once rather than at the end of a long run; ties keep their input order. One batch
@@ -187,6 +188,8 @@ def bucketed_batches(
     """
     if batch_size < 1:
         raise BertforgeError(f"batch size {batch_size} must be at least 1")
+    if bucket_batches < 1:
+        raise BertforgeError(f"bucket_batches {bucket_batches} must be at least 1 (1 = random batches)")
     sizes = np.asarray(lengths, dtype=np.int64).reshape(-1)
     if not shuffle:
         # argsort of the negated lengths, stable, is "longest first, ties in input order".
@@ -194,7 +197,7 @@ def bucketed_batches(
         return [order[start : start + batch_size].tolist() for start in range(0, len(order), batch_size)]
     generator = np.random.default_rng([seed, epoch])
     shuffled = generator.permutation(len(sizes))
-    chunk = BUCKET_BATCHES * batch_size
+    chunk = bucket_batches * batch_size
     batches: list[list[int]] = []
     for chunk_start in range(0, len(shuffled), chunk):
         members = shuffled[chunk_start : chunk_start + chunk]
