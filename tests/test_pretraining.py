@@ -135,10 +135,8 @@ def test_cli_pretrain_then_fill_mask(shards, tmp_path, capsys):
     config = tmp_path / "pretrain.yaml"
     config.write_text(f"data: {shards}\nmodel: tiny\nmax_seq_length: 64\nbatch_size: 8\nprogress: false\n")
     out = tmp_path / "run"
-    assert (
-        main(["pretrain", "--config", str(config), "--out", str(out), "--max-steps", "2", "--precision", "fp32",
-              "--attention-init", "mimetic"]) == 0  # fmt: skip
-    )
+    options = ["--out", str(out), "--max-steps", "2", "--precision", "fp32", "--attention-init", "mimetic"]
+    assert main(["pretrain", "--config", str(config), *options]) == 0
     assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in (out / "model").iterdir()}
     assert (
         main(["fill-mask", "--model", str(out / "model"), "--text", "The ship sailed into the [MASK].", "--top-k", "3"])
