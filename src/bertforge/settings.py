@@ -90,8 +90,7 @@ class FinetuneConfig:
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
-    bucket_batches: int = 1  # batches' worth of shuffled examples sorted by length together; 1 = random batches,
-    # 50 = batches of similar length (less padding on a GPU, slightly less accurate on IMDB)
+    bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
     learning_rate: float = 5e-5  # peak learning rate after warm-up
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
@@ -144,8 +143,7 @@ class NerConfig:
     epochs: float = 3.0  # passes over the training data
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # windows per optimizer step
-    bucket_batches: int = 1  # batches' worth of shuffled examples sorted by length together; 1 = random batches,
-    # 50 = batches of similar length (less padding on a GPU, slightly less accurate on IMDB)
+    bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
     learning_rate: float = 5e-5  # peak learning rate after warm-up
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
@@ -185,8 +183,7 @@ class QaConfig:
     epochs: float = 2.0  # passes over the training windows
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # windows per optimizer step
-    bucket_batches: int = 1  # batches' worth of shuffled examples sorted by length together; 1 = random batches,
-    # 50 = batches of similar length (less padding on a GPU, slightly less accurate on IMDB)
+    bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
     learning_rate: float = 5e-5  # peak learning rate after warm-up
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
