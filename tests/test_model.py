@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bertforge import BertConfig, BertforgeError, BertModel
+from bertforge.model import BATCHED_ATTENTION_MAX_LENGTH
 
 
 def tiny_model(**overrides) -> BertModel:
@@ -14,8 +15,7 @@ def tiny_model(**overrides) -> BertModel:
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=37,
-        max_position_embeddings=64,
-        **overrides,
+        **{"max_position_embeddings": 64, **overrides},
     )
     return BertModel(config).eval()
 
@@ -214,19 +214,21 @@ def test_lean_feed_forward_backward_equals_autograd(bf16, activation):
         torch.testing.assert_close(lean, plain, rtol=0, atol=0)
 
 
-def padded_batch(seed=3):
-    """Four sequences of 11, 4, 1 and 7 real tokens, right-padded to 11; real tokens of a row are contiguous."""
-    ids, types = random_batch(batch=4, length=11, seed=seed)
+def padded_batch(seed=3, longest=11):
+    """Four sequences of ``longest``, 4, 1 and 7 real tokens, right-padded; real tokens of a row are contiguous."""
+    ids, types = random_batch(batch=4, length=longest, seed=seed)
     mask = torch.zeros_like(ids)
-    for row, length in enumerate((11, 4, 1, 7)):
+    for row, length in enumerate((longest, 4, 1, 7)):
         mask[row, :length] = 1
     return ids, mask, types
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "reference"])
-def test_unpadded_execution_equals_the_padded_path_outputs_and_gradients(implementation):
-    model = tiny_model(attention_implementation=implementation, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
-    ids, mask, types = padded_batch()
+@pytest.mark.parametrize("longest", [11, BATCHED_ATTENTION_MAX_LENGTH + 5])  # batched / per-sequence attention
+def test_unpadded_execution_equals_the_padded_path_outputs_and_gradients(implementation, longest):
+    model = tiny_model(attention_implementation=implementation, hidden_dropout_prob=0, attention_probs_dropout_prob=0,
+                       max_position_embeddings=160)  # fmt: skip
+    ids, mask, types = padded_batch(longest=longest)
     results = {}
     for unpad in (True, False):
         model.unpad = unpad
