@@ -96,13 +96,13 @@ def transformers_side(dataset: str, precision: str, epochs: float, seed: int, de
         folder, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
     ).to(device)
     classify = transformers.pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
-    autocast = torch.device(device).type
+    device_type = torch.device(device).type
 
     def accuracy_on(split: str) -> tuple[float, float]:
         """Accuracy of the pipeline on ``split`` and the seconds it took."""
         model.eval()
         started = time.perf_counter()
-        with torch.autocast(autocast, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             results = classify(data[split][0], batch_size=BATCH, truncation=True, max_length=max_length)
         seconds = time.perf_counter() - started
         model.train()
@@ -132,7 +132,7 @@ def transformers_side(dataset: str, precision: str, epochs: float, seed: int, de
             rows = order[start : start + BATCH]
             batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt").to(device)  # fmt: skip
-            with torch.autocast(autocast, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = model(**batch, labels=torch.as_tensor(labels[rows], device=device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -285,7 +285,8 @@ def test_mimetic_init_makes_tokens_attend_to_themselves():
     torch.manual_seed(0)
     model = BertModel(BertConfig.preset("tiny", vocab_size=50))
     assert matching_share(model) < 0.2  # BERT's random start: own key rarely the best of 64
-    values = model.layers[0].attention.qkv.weight[2 * 128 :].clone()
+    value_rows = slice(2 * model.config.hidden_size, None)
+    values = model.layers[0].attention.qkv.weight[value_rows].clone()
     model.mimetic_attention_init()
     assert matching_share(model) > 0.95
-    assert torch.equal(model.layers[0].attention.qkv.weight[2 * 128 :], values)  # only queries and keys change
+    assert torch.equal(model.layers[0].attention.qkv.weight[value_rows], values)  # only queries and keys change

@@ -179,24 +179,22 @@ class SelfAttention(nn.Module):
             Output vectors shaped as x and, when asked, (B, A, T, T) attention probabilities.
         """
         A, D = self.num_heads, self.head_size
-        if packed is not None and packed.batch_shape[1] <= BATCHED_ATTENTION_MAX_LENGTH:
-            B, T = packed.batch_shape
-            qkv = packed.unpack(self.qkv(x)).view(B, T, 3, A, D)  # (B, T, 3, A, D), zeros at padding
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, A, T, D)
-            context, _ = self.attend(q, k, v, key_mask, implementation, need_weights=False)
-            return self.out(packed.pack(context.transpose(1, 2).reshape(B, T, A * D))), None  # (N, H)
-        if packed is not None:
+        if packed is not None and packed.batch_shape[1] > BATCHED_ATTENTION_MAX_LENGTH:
             contexts = []
             for part in self.qkv(x).split(packed.lengths):  # (L, 3H) for each sequence of L real tokens
                 q, k, v = part.view(1, -1, 3, A, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (1, A, L, D)
                 context, _ = self.attend(q, k, v, None, implementation, need_weights=False)
                 contexts.append(context[0].transpose(0, 1).reshape(-1, A * D))  # (A, L, D) → (L, H)
             return self.out(torch.cat(contexts)), None  # (N, H)
-        B, T, H = x.shape
-        qkv = self.qkv(x).view(B, T, 3, A, D)  # (B, T, 3, A, D)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, A, T, D)
+        qkv = self.qkv(x)  # (B, T, 3H), or (N, 3H) when packed
+        if packed is not None:
+            qkv = packed.unpack(qkv)  # (B, T, 3H), zeros at padding (masked out as keys)
+        B, T, _ = qkv.shape
+        q, k, v = qkv.view(B, T, 3, A, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, A, T, D)
         context, probs = self.attend(q, k, v, key_mask, implementation, need_weights)
-        context = context.transpose(1, 2).reshape(B, T, H)  # (B, A, T, D) → (B, T, H)
+        context = context.transpose(1, 2).reshape(B, T, A * D)  # (B, A, T, D) → (B, T, H)
+        if packed is not None:
+            context = packed.pack(context)  # (N, H)
         return self.out(context), probs
 
     def attend(
@@ -461,7 +459,8 @@ class BertModel(BertPreTrainedModel):
         implementation = self.config.attention_implementation
 
         packed = None
-        # Per-sequence attention costs a kernel launch per sequence: worth it on the CPU, not on a GPU.
+        # Packing costs scatters and gathers (and, for long batches, a kernel launch per sequence): worth it on the
+        # CPU, not on a GPU.
         unpad = self.unpad and real is not None and input_ids.device.type == "cpu" and not output_attentions
         if unpad and not real.all() and real.any(1).all():  # some padding, and no sequence that is padding only
             packed = PackedBatch.from_mask(real)
