@@ -145,10 +145,12 @@ def test_cpu_dropout_mask_drops_the_asked_share_and_keeps_the_mean(p):
 
 
 @pytest.mark.parametrize("bf16", [False, True])
-def test_attention_with_dropout_equals_autograd_through_the_formula(bf16):
-    """The CPU attention keeps only q, k, v and a bool mask and recomputes the probabilities in the backward pass;
-    its output and gradients must be autograd's through the same formula with the same mask."""
-    from bertforge.model import DropoutAttentionFunction, draw_drop_mask
+@pytest.mark.parametrize("keep", [True, False])  # probabilities kept for the backward pass, or recomputed there
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_cpu_training_attention_equals_autograd_through_the_formula(bf16, keep, dropout):
+    """The CPU training attention has a hand-written backward pass; its output and gradients must be autograd's
+    through the same formula (probabilities rounded to the inputs' dtype) with the same dropout mask."""
+    from bertforge.model import SoftmaxAttentionFunction, draw_drop_mask
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     generator = torch.Generator().manual_seed(0)
@@ -158,22 +160,44 @@ def test_attention_with_dropout_equals_autograd_through_the_formula(bf16):
     grad_out = torch.randn(2, 3, 9, 8, generator=generator).to(dtype)
 
     torch.manual_seed(4)
-    ours = DropoutAttentionFunction.apply(q, k, v, key_mask, 0.3)
+    ours = SoftmaxAttentionFunction.apply(q, k, v, key_mask, dropout, keep)
     ours_grads = torch.autograd.grad(ours, (q, k, v), grad_out)
 
     torch.manual_seed(4)
     scores = (q @ k.transpose(-1, -2)).float() / 8**0.5
     probs = scores.masked_fill(~key_mask, torch.finfo(torch.float32).min).softmax(-1)
-    dropped, scale = draw_drop_mask(probs.shape, 0.3, torch.device("cpu"))
-    formula = (probs.masked_fill(dropped, 0).to(dtype) @ v) * scale
+    if dropout:
+        dropped, scale = draw_drop_mask(probs.shape, dropout, torch.device("cpu"))
+        formula = (probs.masked_fill(dropped, 0).to(dtype) @ v) * scale
+        assert 0.2 < dropped.float().mean() < 0.4
+    else:
+        formula = probs.to(dtype) @ v
     formula_grads = torch.autograd.grad(formula, (q, k, v), grad_out)
 
-    assert ours.dtype == dtype and 0.2 < dropped.float().mean() < 0.4
+    assert ours.dtype == dtype
     tolerance = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours, formula, **tolerance)
     for name, mine, reference in zip("qkv", ours_grads, formula_grads, strict=True):
         torch.testing.assert_close(mine, reference, **tolerance, msg=name)
     assert torch.count_nonzero(ours_grads[1][1, :, 6:]) == 0  # padding keys get no gradient
+
+
+def test_cpu_training_attention_takes_the_hand_written_path_only_where_it_is_faster():
+    from bertforge import model as modeling
+
+    attention = modeling.SelfAttention(BertConfig.preset("tiny", vocab_size=100, attention_probs_dropout_prob=0.0))
+    calls = []
+    original = modeling.SoftmaxAttentionFunction.apply
+    modeling.SoftmaxAttentionFunction.apply = lambda *args: calls.append(args[-1]) or original(*args)
+    try:
+        for length, grad in ((16, True), (16, False), (modeling.MATERIALIZED_ATTENTION_MAX_LENGTH + 1, True)):
+            q = torch.randn(1, 2, length, 64, requires_grad=grad)
+            attention.attend(q, q, q, None, "sdpa", need_weights=False)
+        attention.dropout_prob = 0.1
+        attention.attend(q, q, q, None, "sdpa", need_weights=False)  # long, training, dropout: recomputes
+    finally:
+        modeling.SoftmaxAttentionFunction.apply = original
+    assert calls == [True, False]
 
 
 def test_cpu_and_reference_attention_agree_in_expectation_under_dropout():

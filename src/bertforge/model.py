@@ -202,10 +202,10 @@ class SelfAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """(B, A, T, D) queries, keys and values → (B, A, T, D) context, and the probabilities when asked."""
         dropout = self.dropout_prob if self.training else 0.0
-        if implementation == "sdpa" and not need_weights and dropout > 0 and q.device.type == "cpu":
-            # On the CPU, attention dropout forces PyTorch's unfused path, which keeps (B, A, T, T) scores,
-            # probabilities and an fp32 mask for the backward pass; this keeps a bool mask and recomputes the rest.
-            return DropoutAttentionFunction.apply(q, k, v, key_mask, dropout), None
+        if implementation == "sdpa" and not need_weights and q.device.type == "cpu" and q.requires_grad:
+            keep = q.shape[-2] <= MATERIALIZED_ATTENTION_MAX_LENGTH
+            if keep or dropout > 0:
+                return SoftmaxAttentionFunction.apply(q, k, v, key_mask, dropout, keep), None
         if implementation == "sdpa" and not need_weights:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout), None
         return reference_attention(q, k, v, key_mask, dropout)
@@ -224,21 +224,34 @@ def reference_attention(
     return context, probs
 
 
-class DropoutAttentionFunction(torch.autograd.Function):
-    """softmax(QKᵀ/√D + mask) with dropout, times V, keeping only q, k, v and the bool dropout mask.
+# ---- attention for training on the CPU -------------------------------------------------------------------------
+# PyTorch's fused CPU attention (flash attention) is fast forward, but its backward pass is slow at BERT's short
+# sequences: 2-4× slower than matmuls over the full (B, A, T, T) probabilities up to T = 128 (bf16, 2-core Zen 4,
+# bench/RESULTS.md), where those probabilities are small (16 MB per layer at B = 32, A = 12, T = 128 in bf16).
+# Longer sequences keep the fused kernel, or, with attention dropout (which the fused CPU kernel cannot do),
+# recompute the probabilities in the backward pass instead of keeping them.
+MATERIALIZED_ATTENTION_MAX_LENGTH = 128
 
-    The backward pass recomputes the (B, A, T, T) probabilities (one matmul and a softmax, ~4% of a step at
-    T = 128) instead of keeping them. Matmuls run in q's dtype (bf16 under autocast), the softmax in fp32.
+
+class SoftmaxAttentionFunction(torch.autograd.Function):
+    """softmax(QKᵀ/√D + mask), optionally with dropout, times V, with a hand-written backward pass.
+
+    Keeps q, k, v, the bool dropout mask and, when ``keep``, the probabilities in v's dtype; otherwise the
+    backward pass recomputes them (one matmul and a softmax). Matmuls run in q's dtype (bf16 under autocast),
+    the softmax and its gradient in fp32. Rows of padding queries are computed like any other and discarded by
+    the caller.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, key_mask, p: float):
+    def forward(ctx, q, k, v, key_mask, p: float, keep: bool):
         with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, the same in both passes
-            probs = DropoutAttentionFunction.probabilities(q, k, key_mask)  # (B, A, T, T) fp32
-            dropped, scale = draw_drop_mask(probs.shape, p, q.device)
-            kept = probs.masked_fill_(dropped, 0).to(v.dtype)
-            context = (kept @ v).mul_(scale)  # (B, A, T, D); scaling here touches T/D times fewer numbers
-        ctx.save_for_backward(q, k, v, key_mask, dropped)
+            probs = SoftmaxAttentionFunction.probabilities(q, k, key_mask).to(v.dtype)  # (B, A, T, T)
+            dropped, scale = draw_drop_mask(probs.shape, p, q.device) if p > 0 else (None, 1.0)
+            kept = probs if dropped is None else probs.masked_fill(dropped, 0)
+            context = kept @ v  # (B, A, T, D)
+            if dropped is not None:
+                context.mul_(scale)  # scaling here touches T/D times fewer numbers
+        ctx.save_for_backward(q, k, v, key_mask, dropped, probs if keep else None)
         ctx.scale = scale
         return context
 
@@ -251,16 +264,21 @@ class DropoutAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_context):
-        q, k, v, key_mask, dropped = ctx.saved_tensors
+        q, k, v, key_mask, dropped, probs = ctx.saved_tensors
         with torch.autocast(q.device.type, enabled=False):
-            probs = DropoutAttentionFunction.probabilities(q, k, key_mask)  # (B, A, T, T) fp32, recomputed
+            if probs is None:
+                probs = SoftmaxAttentionFunction.probabilities(q, k, key_mask).to(v.dtype)  # recomputed
             grad_context = grad_context.to(v.dtype) * ctx.scale  # (B, A, T, D)
-            grad_v = probs.masked_fill(dropped, 0).to(v.dtype).transpose(-1, -2) @ grad_context
-            grad_probs = (grad_context @ v.transpose(-1, -2)).float().masked_fill_(dropped, 0)  # (B, A, T, T)
-            # Softmax backward: dL/ds = p ⊙ (dL/dp − Σ_j p_j dL/dp_j).
+            kept = probs if dropped is None else probs.masked_fill(dropped, 0)
+            grad_v = kept.transpose(-1, -2) @ grad_context
+            grad_probs = (grad_context @ v.transpose(-1, -2)).float()  # (B, A, T, T)
+            if dropped is not None:
+                grad_probs.masked_fill_(dropped, 0)
+            # Softmax backward: dL/ds = p ⊙ (dL/dp − Σ_j p_j dL/dp_j), p the probabilities before dropout.
+            probs = probs.float()
             grad_scores = grad_probs.sub_((grad_probs * probs).sum(-1, keepdim=True)).mul_(probs)
             grad_scores = grad_scores.mul_(1 / math.sqrt(q.shape[-1])).to(q.dtype)
-            return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None
+            return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None, None
 
 
 class GeluFeedForwardFunction(torch.autograd.Function):
