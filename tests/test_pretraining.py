@@ -136,8 +136,9 @@ def test_cli_pretrain_then_fill_mask(shards, tmp_path, capsys):
     config.write_text(f"data: {shards}\nmodel: tiny\nmax_seq_length: 64\nbatch_size: 8\nprogress: false\n")
     out = tmp_path / "run"
     options = ["--out", str(out), "--max-steps", "2", "--precision", "fp32", "--attention-init", "mimetic"]
-    assert main(["pretrain", "--config", str(config), *options]) == 0
+    assert main(["pretrain", "--config", str(config), *options, "--attention-heads", "4", "--cooldown", "0.5"]) == 0
     assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in (out / "model").iterdir()}
+    assert json.loads((out / "model" / "config.json").read_text())["num_attention_heads"] == 4
     assert (
         main(["fill-mask", "--model", str(out / "model"), "--text", "The ship sailed into the [MASK].", "--top-k", "3"])
         == 0
@@ -153,6 +154,12 @@ def test_unknown_setting_and_missing_stop_are_errors(shards, tmp_path, capsys):
     assert "say when to stop" in capsys.readouterr().err
     assert main(["pretrain", "--data", str(shards), "--max-steps", "3", "--attention-init", "xavier"]) == 2
     assert "attention_init 'xavier' is not one of bert, mimetic" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(shards), "--max-steps", "3", "--cooldown", "0"]) == 2
+    assert "cooldown 0.0 must be a share of training in (0, 1]" in capsys.readouterr().err
+    assert (
+        main(["pretrain", "--data", str(shards), "--max-steps", "3", "--model", "tiny", "--attention-heads", "3"]) == 2
+    )
+    assert "hidden_size 128 is not divisible by num_attention_heads 3" in capsys.readouterr().err
 
 
 def test_tokenizer_that_does_not_match_the_shards(shards, tmp_path):
@@ -171,3 +178,18 @@ def test_corrupted_checkpoint_on_resume(shards, tmp_path):
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(BertforgeError, match=r"training_state\.pt: cannot be read"):
         pretrain(settings(shards, tmp_path, max_steps=5, resume=True))
+
+
+@pytest.mark.parametrize(
+    ("cooldown", "expected"),
+    [
+        (1.0, [0.0, 0.5, 1.0, 0.9, 2 / 3, 5 / 18, 0.0]),  # BERT: decay from the end of warm-up
+        (0.5, [0.0, 0.5, 1.0, 1.0, 1.0, 0.5, 0.0]),  # warm-up, stable, decay over the last half
+    ],
+)
+def test_learning_rate_schedule(cooldown, expected):
+    from bertforge.train import learning_rate_factor
+
+    progress = [0.0, 0.05, 0.1, 0.19, 0.4, 0.75, 1.0]
+    factors = [learning_rate_factor(p, warmup=0.1, cooldown=cooldown) for p in progress]
+    assert factors == pytest.approx(expected)

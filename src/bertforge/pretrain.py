@@ -72,6 +72,8 @@ def model_config(settings: PretrainConfig, vocab_size: int) -> BertConfig:
         config = BertConfig.load(settings.model)
     if config.vocab_size != vocab_size:
         raise BertforgeError(f"{settings.model}: vocab_size {config.vocab_size} but the tokenizer has {vocab_size}")
+    if settings.attention_heads is not None:
+        config = dataclasses.replace(config, num_attention_heads=settings.attention_heads)
     if settings.dropout is not None:
         config = dataclasses.replace(
             config, hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout
@@ -226,9 +228,8 @@ def pretrain(settings: PretrainConfig) -> Path:
             batch = next(batches, None)
             if batch is None:
                 break  # the epoch is over
-            lr = set_learning_rate(
-                optimizer, settings.learning_rate, learning_rate_factor(progress_now(), settings.warmup)
-            )
+            factor = learning_rate_factor(progress_now(), settings.warmup, settings.cooldown)
+            lr = set_learning_rate(optimizer, settings.learning_rate, factor)
             share = my_share(split_batch(batch, parts_per_step), processes)
             seen = [0.0] * (len(LOSS_NAMES) + 2)  # this process's part of the step's losses, its tokens, the time
             for index, (micro_batch_arrays, weight) in enumerate(share):

@@ -18,6 +18,7 @@ class PretrainConfig:
     data: str = ""  # folder written by `bertforge data prepare` (shards, manifest, tokenizer)
     out: str = "runs/pretrain"  # run folder: checkpoints, metrics.jsonl, curves.png, the final model/
     model: str = "mini"  # a preset (tiny, mini, small, medium, base, large) or a config.json path
+    attention_heads: int | None = None  # overrides the model's head count (the presets have 64-wide heads)
     init_from: str | None = None  # start from this checkpoint folder's weights instead of random ones
     next_sentence_prediction: bool = True  # MLM + NSP as in BERT; false = MLM only on packed text (RoBERTa)
     nsp_loss_weight: float = 1.0  # loss = MLM + this × NSP (BERT: 1)
@@ -30,6 +31,7 @@ class PretrainConfig:
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
     learning_rate: float = 1e-3  # peak learning rate after warm-up
     warmup: float = 0.06  # share of training spent warming the learning rate up linearly
+    cooldown: float = 1.0  # share of training at the end spent decaying it linearly to 0; at the peak before
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
     adam_beta1: float = 0.9  # AdamW first-moment decay
     adam_beta2: float = 0.98  # lower than BERT's 0.999: steadier at the high learning rates of short runs
@@ -63,6 +65,8 @@ class PretrainConfig:
             )
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
+        if not 0.0 < self.cooldown <= 1.0:
+            raise BertforgeError(f"cooldown {self.cooldown} must be a share of training in (0, 1]")
         if self.attention_init not in ("bert", "mimetic"):
             raise BertforgeError(f"attention_init {self.attention_init!r} is not one of bert, mimetic")
         if self.strategy not in ("ddp", "fsdp"):

@@ -118,15 +118,20 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
 
 
-def learning_rate_factor(progress: float, warmup: float) -> float:
-    """Linear warm-up over the first ``warmup`` share of training, then linear decay to zero.
+def learning_rate_factor(progress: float, warmup: float, cooldown: float = 1.0) -> float:
+    """Linear warm-up over the first ``warmup`` share of training, then linear decay to zero over the last
+    ``cooldown`` share, at the peak in between (warm-up, stable, decay: Hu et al., 2024, MiniCPM). With
+    ``cooldown`` 1 the decay starts right after warm-up, as in BERT.
 
     ``progress`` in [0, 1] is steps done / total steps, or, on a time budget, minutes spent / budget.
     """
     progress = min(max(progress, 0.0), 1.0)
     if warmup > 0 and progress < warmup:
         return progress / warmup
-    return max(0.0, (1.0 - progress) / max(1e-12, 1.0 - warmup))
+    decay_start = max(warmup, 1.0 - cooldown)
+    if progress < decay_start:
+        return 1.0
+    return max(0.0, (1.0 - progress) / max(1e-12, 1.0 - decay_start))
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:
