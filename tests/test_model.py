@@ -189,15 +189,19 @@ def test_cpu_training_attention_takes_the_hand_written_path_only_where_it_is_fas
     calls = []
     original = modeling.SoftmaxAttentionFunction.apply
     modeling.SoftmaxAttentionFunction.apply = lambda *args: calls.append(args[-1]) or original(*args)
+    longest = modeling.MATERIALIZED_ATTENTION_MAX_LENGTH
     try:
-        for length, grad in ((16, True), (16, False), (modeling.MATERIALIZED_ATTENTION_MAX_LENGTH + 1, True)):
-            q = torch.randn(1, 2, length, 64, requires_grad=grad)
-            attention.attend(q, q, q, None, "sdpa", need_weights=False)
+        for length, dtype, grad in ((16, torch.bfloat16, True), (16, torch.bfloat16, False), (16, torch.float32, True),
+                                    (longest + 1, torch.bfloat16, True)):  # fmt: skip
+            q = torch.randn(1, 2, length, 64, dtype=dtype, requires_grad=grad)
+            attention.attend(q, q, q, None, "sdpa", need_weights=False)  # only the first is hand-written
         attention.dropout_prob = 0.1
         attention.attend(q, q, q, None, "sdpa", need_weights=False)  # long, training, dropout: recomputes
+        q = torch.randn(1, 2, 16, 64, requires_grad=True)
+        attention.attend(q, q, q, None, "sdpa", need_weights=False)  # short, fp32, dropout: keeps
     finally:
         modeling.SoftmaxAttentionFunction.apply = original
-    assert calls == [True, False]
+    assert calls == [True, False, True]
 
 
 def test_cpu_and_reference_attention_agree_in_expectation_under_dropout():

@@ -203,7 +203,8 @@ class SelfAttention(nn.Module):
         """(B, A, T, D) queries, keys and values → (B, A, T, D) context, and the probabilities when asked."""
         dropout = self.dropout_prob if self.training else 0.0
         if implementation == "sdpa" and not need_weights and q.device.type == "cpu" and q.requires_grad:
-            keep = q.shape[-2] <= MATERIALIZED_ATTENTION_MAX_LENGTH
+            short = q.shape[-2] <= MATERIALIZED_ATTENTION_MAX_LENGTH
+            keep = short and (q.dtype != torch.float32 or dropout > 0)
             if keep or dropout > 0:
                 return SoftmaxAttentionFunction.apply(q, k, v, key_mask, dropout, keep), None
         if implementation == "sdpa" and not need_weights:
@@ -225,11 +226,12 @@ def reference_attention(
 
 
 # ---- attention for training on the CPU -------------------------------------------------------------------------
-# PyTorch's fused CPU attention (flash attention) is fast forward, but its backward pass is slow at BERT's short
-# sequences: 2-4× slower than matmuls over the full (B, A, T, T) probabilities up to T = 128 (bf16, 2-core Zen 4,
-# bench/RESULTS.md), where those probabilities are small (16 MB per layer at B = 32, A = 12, T = 128 in bf16).
-# Longer sequences keep the fused kernel, or, with attention dropout (which the fused CPU kernel cannot do),
-# recompute the probabilities in the backward pass instead of keeping them.
+# PyTorch's fused CPU attention (flash attention) is fast forward, but in bf16 its backward pass is slow at BERT's
+# short sequences: up to T = 128, matmuls over the full (B, A, T, T) probabilities made a BERT-tiny training step
+# ~20% faster (2-core Zen 4, bench/RESULTS.md), and those probabilities are small there (12 MB per layer at B = 32,
+# A = 12, T = 128 in bf16). In fp32 the fused kernel was as fast or faster, so it stays, as it does for longer
+# sequences. Attention dropout, which the fused CPU kernel cannot do, always takes the hand-written path, keeping
+# the probabilities up to T = 128 and recomputing them in the backward pass beyond.
 MATERIALIZED_ATTENTION_MAX_LENGTH = 128
 
 
