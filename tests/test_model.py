@@ -182,25 +182,24 @@ def test_cpu_training_attention_equals_autograd_through_the_formula(bf16, keep, 
     assert torch.count_nonzero(ours_grads[1][1, :, 6:]) == 0  # padding keys get no gradient
 
 
-def test_cpu_training_attention_takes_the_hand_written_path_only_where_it_is_faster():
+def test_cpu_training_attention_takes_the_hand_written_path_only_where_it_is_faster(monkeypatch):
     from bertforge import model as modeling
 
     attention = modeling.SelfAttention(BertConfig.preset("tiny", vocab_size=100, attention_probs_dropout_prob=0.0))
     calls = []
     original = modeling.SoftmaxAttentionFunction.apply
-    modeling.SoftmaxAttentionFunction.apply = lambda *args: calls.append(args[-1]) or original(*args)
+    monkeypatch.setattr(
+        modeling.SoftmaxAttentionFunction, "apply", lambda *args: calls.append(args[-1]) or original(*args)
+    )
     longest = modeling.MATERIALIZED_ATTENTION_MAX_LENGTH
-    try:
-        for length, dtype, grad in ((16, torch.bfloat16, True), (16, torch.bfloat16, False), (16, torch.float32, True),
-                                    (longest + 1, torch.bfloat16, True)):  # fmt: skip
-            q = torch.randn(1, 2, length, 64, dtype=dtype, requires_grad=grad)
-            attention.attend(q, q, q, None, "sdpa", need_weights=False)  # only the first is hand-written
-        attention.dropout_prob = 0.1
-        attention.attend(q, q, q, None, "sdpa", need_weights=False)  # long, training, dropout: recomputes
-        q = torch.randn(1, 2, 16, 64, requires_grad=True)
-        attention.attend(q, q, q, None, "sdpa", need_weights=False)  # short, fp32, dropout: keeps
-    finally:
-        modeling.SoftmaxAttentionFunction.apply = original
+    for length, dtype, grad in ((16, torch.bfloat16, True), (16, torch.bfloat16, False), (16, torch.float32, True),
+                                (longest + 1, torch.bfloat16, True)):  # fmt: skip
+        q = torch.randn(1, 2, length, 64, dtype=dtype, requires_grad=grad)
+        attention.attend(q, q, q, None, "sdpa", need_weights=False)  # only the first is hand-written
+    attention.dropout_prob = 0.1
+    attention.attend(q, q, q, None, "sdpa", need_weights=False)  # long, training, dropout: recomputes
+    q = torch.randn(1, 2, 16, 64, requires_grad=True)
+    attention.attend(q, q, q, None, "sdpa", need_weights=False)  # short, fp32, dropout: keeps
     assert calls == [True, False, True]
 
 
