@@ -162,6 +162,15 @@ def test_unknown_setting_and_missing_stop_are_errors(shards, tmp_path, capsys):
     assert "hidden_size 128 is not divisible by num_attention_heads 3" in capsys.readouterr().err
 
 
+def test_init_from_applies_dropout_and_rejects_another_head_count(shards, tmp_path):
+    first = pretrain(settings(shards, tmp_path, max_steps=1, out=str(tmp_path / "first")))
+    second = pretrain(settings(shards, tmp_path, max_steps=1, init_from=str(first), dropout=0.0))
+    saved = json.loads((second / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == 0.0
+    with pytest.raises(BertforgeError, match="has 2 attention heads but attention_heads is 4"):
+        pretrain(settings(shards, tmp_path, max_steps=1, init_from=str(first), attention_heads=4))
+
+
 def test_tokenizer_that_does_not_match_the_shards(shards, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(shards, other)

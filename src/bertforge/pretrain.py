@@ -40,6 +40,7 @@ from bertforge.distributed import (
 )
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForMaskedLM, BertForPreTraining
+from bertforge.model import ModelT
 from bertforge.settings import PretrainConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
@@ -83,6 +84,23 @@ def model_config(settings: PretrainConfig, vocab_size: int) -> BertConfig:
             f"max_seq_length {settings.max_seq_length} exceeds the model's {config.max_position_embeddings} positions"
         )
     return config
+
+
+def load_start_model(architecture: type[ModelT], folder: str | Path, settings: PretrainConfig) -> ModelT:
+    """The model of a checkpoint or ``init_from`` folder, with ``dropout`` applied. A head count is part of the
+    saved model, so an ``attention_heads`` that differs from it is an error rather than silently ignored."""
+    overrides = {}
+    if settings.dropout is not None:
+        overrides = {"hidden_dropout_prob": settings.dropout, "attention_probs_dropout_prob": settings.dropout}
+    model = architecture.from_pretrained(folder, **overrides)
+    saved_heads = model.config.num_attention_heads
+    if settings.attention_heads is not None and settings.attention_heads != saved_heads:
+        raise BertforgeError(
+            f"{folder}: this model has {saved_heads} attention heads but attention_heads is "
+            f"{settings.attention_heads}; a saved model keeps its head count: give --attention-heads {saved_heads} "
+            "or --attention-heads null"
+        )
+    return model
 
 
 def make_examples(settings: PretrainConfig, corpus: ShardedCorpus, tokenizer: BertTokenizer) -> PretrainingExamples:
@@ -165,7 +183,7 @@ def pretrain(settings: PretrainConfig) -> Path:
     if settings.resume and checkpoint is None:
         log.info("%s has no checkpoint yet; starting from scratch", run_dir)
     if checkpoint is not None or settings.init_from:
-        model = architecture.from_pretrained(checkpoint or settings.init_from)
+        model = load_start_model(architecture, checkpoint or settings.init_from, settings)
     else:
         model = architecture(model_config(settings, len(tokenizer)))
         if settings.attention_init == "mimetic":
