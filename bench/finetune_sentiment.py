@@ -7,11 +7,14 @@ on biases/LayerNorm, weight decay 0.01, 10% linear warm-up then linear decay, se
   max_length 256 (longer reviews truncated).
 transformers gets a plain training loop in the style of its examples: examples shuffled each epoch, each batch
 padded to its longest, its pipeline run on the dev split after each epoch and the best epoch's weights kept, as
-bertforge's recipe does. Prints test accuracy of both, fine-tuning examples/s (dev evaluations included), and
+bertforge's recipe does. ``--long-text window`` makes bertforge train and predict on overlapping windows of the
+long reviews (logits averaged) where transformers keeps truncating: a different recipe, reported as such. Prints
+test accuracy of both, fine-tuning examples/s (dev evaluations included), and
 pipeline inference texts/s on the test split (transformers padding each batch of 32 to its longest, in file
 order, as its pipeline does).
 
     .venv/bin/python -m bench.finetune_sentiment [--dataset rotten_tomatoes|imdb] [--precision fp32|bf16] [--seed N]
+        [--long-text truncate|window] [--sides transformers,bertforge]
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def splits(dataset: str) -> dict[str, tuple[list[str], list[str]]]:
     return rows
 
 
-def bertforge_side(dataset: str, precision: str, epochs: float, seed: int, device: str) -> dict:
+def bertforge_side(dataset: str, precision: str, epochs: float, seed: int, device: str, long_text: str) -> dict:
     from bertforge.finetune import finetune_classification
     from bertforge.pipelines import pipeline
     from bertforge.settings import FinetuneConfig
@@ -64,15 +67,13 @@ def bertforge_side(dataset: str, precision: str, epochs: float, seed: int, devic
             model="all-MiniLM-L6-v2", train=str(files["train"]), dev=str(files["dev"]), test=str(files["test"]),
             out=str(Path(out) / "run"), epochs=epochs, batch_size=BATCH, learning_rate=LEARNING_RATE,
             warmup=WARMUP, max_length=MAX_LENGTH[dataset], seed=seed, precision=precision,
-            progress=False, device=device,
+            progress=False, device=device, long_text=long_text,
         )  # fmt: skip
         started = time.perf_counter()
         folder = finetune_classification(settings)
         train_seconds = time.perf_counter() - started  # includes the dev evaluation each epoch, as a user waits
         texts, labels = data["test"]
-        classify = pipeline(
-            "sentiment-analysis", model=folder, max_length=MAX_LENGTH[dataset], precision=precision, device=device
-        )
+        classify = pipeline("sentiment-analysis", model=folder, precision=precision, device=device)  # as trained
         classify(texts[:64])  # warm-up
         started = time.perf_counter()
         results = classify(texts, batch_size=BATCH)
@@ -81,7 +82,7 @@ def bertforge_side(dataset: str, precision: str, epochs: float, seed: int, devic
     return {"accuracy": accuracy, "train_seconds": train_seconds, "infer_seconds": infer_seconds}
 
 
-def transformers_side(dataset: str, precision: str, epochs: float, seed: int, device: str) -> dict:
+def transformers_side(dataset: str, precision: str, epochs: float, seed: int, device: str, long_text: str) -> dict:
     import transformers
 
     from bertforge.assets import fetch
@@ -157,11 +158,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and dropout, both sides")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    parser.add_argument("--long-text", choices=("truncate", "window"), default="truncate", help="bertforge only")
+    parser.add_argument("--sides", default="transformers,bertforge", help="which to run, comma-separated")
     parser.add_argument("--child", choices=("bertforge", "transformers"))
     args = parser.parse_args()
     if args.child:
         side = bertforge_side if args.child == "bertforge" else transformers_side
-        result = side(args.dataset, args.precision, args.epochs, args.seed, args.device)
+        result = side(args.dataset, args.precision, args.epochs, args.seed, args.device, args.long_text)
         print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     print(machine())
@@ -169,16 +172,23 @@ def main() -> None:
         print(torch.cuda.get_device_name(args.device))
     data = splits(args.dataset)
     print(f"MiniLM-L6 on {args.dataset}: {len(data['train'][0]):,} training texts, {args.epochs:g} epochs, "
-          f"batch {BATCH}, lr {LEARNING_RATE}, max_length {MAX_LENGTH[args.dataset]}, {args.precision}")  # fmt: skip
+          f"batch {BATCH}, lr {LEARNING_RATE}, max_length {MAX_LENGTH[args.dataset]}, {args.precision}, "
+          f"bertforge long texts: {args.long_text}, seed {args.seed}")  # fmt: skip
     examples, tests = len(data["train"][0]) * args.epochs, len(data["test"][0])
     results = {}
-    for side in ("transformers", "bertforge"):
+    sides = args.sides.split(",")
+    if not set(sides) <= {"transformers", "bertforge"}:
+        parser.error(f"--sides takes transformers and/or bertforge, got {args.sides!r}")
+    for side in sides:
         r = results[side] = run_child("bench.finetune_sentiment", "--child", side, "--dataset", args.dataset,
                                       "--precision", args.precision, "--epochs", str(args.epochs),
-                                      "--seed", str(args.seed), "--device", args.device)  # fmt: skip
+                                      "--seed", str(args.seed), "--device", args.device,
+                                      "--long-text", args.long_text)  # fmt: skip
         print(f"  {side:<13} test accuracy {r['accuracy']:.4f}  fine-tuning {examples / r['train_seconds']:6.1f} "
               f"examples/s  inference {tests / r['infer_seconds']:6.1f} texts/s  "
               f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    if len(results) < 2:
+        return
     ours, theirs = results["bertforge"], results["transformers"]
     print(f"  accuracy difference (bertforge - transformers): {ours['accuracy'] - theirs['accuracy']:+.4f}")
     print(f"  fine-tuning speed ratio: {theirs['train_seconds'] / ours['train_seconds']:.2f}x")

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from bertforge import BertConfig, BertModel
-from bertforge.classify import encode_texts, predict_logits
+from bertforge.classify import collate, encode_texts, predict_logits
 from bertforge.cli import main
 from bertforge.heads import BertForSequenceClassification
 from bertforge.pipelines import pipeline
@@ -87,6 +87,8 @@ def test_finetune_evaluate_predict_round_trip(workspace, tmp_path, capsys):
     assert report["test"]["accuracy"] >= 0.9, report  # the words give the label away: it must learn them
     assert json.loads((out / "model" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
     assert (out / "curves.png").is_file()
+    classify = pipeline("sentiment-analysis", model=out / "model")
+    assert (classify.max_length, classify.long_text) == (32, "truncate")  # as fine-tuned, not the tokenizer's 512
     capsys.readouterr()
 
     assert main(["evaluate", "--model", str(out / "model"), "--data", str(workspace / "dev.csv")]) == 0
@@ -169,6 +171,21 @@ def test_pipeline_inputs_order_pairs_and_top_k(workspace, tmp_path):
     assert pair != one_by_one[0]
 
 
+def test_pipeline_cuts_texts_as_the_fine_tuning_run_did_unless_told_otherwise(workspace, tmp_path):
+    folder = tmp_path / "model"
+    BertForSequenceClassification.from_pretrained(workspace / "encoder", id2label={0: "neg", 1: "pos"},
+                                                  label2id={"neg": 0, "pos": 1}).save_pretrained(folder)  # fmt: skip
+    (folder / "vocab.txt").write_bytes((workspace / "encoder" / "vocab.txt").read_bytes())
+    untold = pipeline("text-classification", model=folder)  # no run: the tokenizer's 512, cut to 64 positions
+    assert (untold.max_length, untold.long_text) == (64, "truncate")
+    run = {"max_length": 24, "long_text": "window", "window_stride": 8, "learning_rate": 1e-3}
+    (tmp_path / "finetune_config.json").write_text(json.dumps(run))
+    classify = pipeline("text-classification", model=folder)
+    assert (classify.max_length, classify.long_text, classify.stride) == (24, "window", 8)
+    told = pipeline("text-classification", model=folder, max_length=16, long_text="truncate")
+    assert (told.max_length, told.long_text) == (16, "truncate")
+
+
 def test_long_texts_are_windowed_and_logits_averaged(workspace):
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(workspace / "encoder").eval()
@@ -189,3 +206,50 @@ def test_long_texts_are_windowed_and_logits_averaged(workspace):
     np.testing.assert_allclose(logits[1], np.mean(each, axis=0), atol=1e-5)
     covered = [token for ids in windowed.input_ids[1:] for token in ids[1:-1]]
     assert set(tokenizer(long)["input_ids"][1:-1]) <= set(covered)  # every token is seen by some window
+
+
+def test_recipe_steps_equal_a_transformers_training_loop(workspace, tmp_path):
+    """With dropout off, the recipe's AdamW, schedule, clipping and loss give the weights that a plain
+    transformers loop over the same batches gives, so accuracy differences between the two are seed noise."""
+    from bertforge.data.classification import bucketed_batches
+    from bertforge.tokenizer import BertTokenizer
+
+    start, seed, batch_size, max_length = tmp_path / "start", 3, 8, 32
+    torch.manual_seed(0)
+    labels = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    BertForSequenceClassification.from_pretrained(workspace / "encoder", **labels, **no_dropout).save_pretrained(start)
+    tokenizer = BertTokenizer.from_pretrained(workspace / "encoder")
+    tokenizer.save_pretrained(start)
+    assert main(["finetune", "classification", "--model", str(start), "--train", str(workspace / "train.csv"),
+                 "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", str(batch_size),
+                 "--learning-rate", "1e-3", "--weight-decay", "0.1", "--max-length", str(max_length),
+                 "--seed", str(seed), "--precision", "fp32", "--progress", "false"]) == 0  # fmt: skip
+
+    rows = [line.rsplit(",", 1) for line in (workspace / "train.csv").read_text().splitlines()[1:]]
+    inputs = encode_texts(tokenizer, [text for text, _ in rows], max_length=max_length)
+    targets = torch.tensor([labels["label2id"][label] for _, label in rows])
+    theirs = transformers.BertForSequenceClassification.from_pretrained(start)
+    decay = [p for n, p in theirs.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in theirs.named_parameters() if p.ndim < 2 or "LayerNorm" in n]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=1e-3, eps=1e-6)  # fmt: skip
+    batches = bucketed_batches([len(ids) for ids in inputs.input_ids], batch_size, shuffle=True, seed=seed)
+    total, warmup = len(batches), 0.1 * len(batches)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
+    )
+    theirs.train()
+    for batch in batches:
+        theirs(**collate(inputs, batch, tokenizer.pad_token_id), labels=targets[batch]).loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+
+    ours = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "run" / "model").state_dict()
+    before = transformers.BertForSequenceClassification.from_pretrained(start).state_dict()
+    moved = max(float((theirs.state_dict()[name] - tensor).abs().max()) for name, tensor in before.items())
+    assert moved > 1e-3  # 12 steps at lr 1e-3 move the weights far beyond the tolerance below
+    for name, tensor in theirs.state_dict().items():
+        torch.testing.assert_close(ours[name], tensor, atol=1e-6, rtol=1e-5, msg=name)  # fp32 rounding: ~1e-7

@@ -278,7 +278,7 @@ def evaluate(
     text_pair_column: str = "",
     label_column: str = "label",
     max_length: int = 0,
-    long_text: str = "truncate",
+    long_text: str = "auto",
     bad_rows: str = "fail",
     precision: str = "fp32",
     quantize: str = "none",
@@ -297,9 +297,9 @@ def evaluate(
     if architecture == "BertForTokenClassification":
         _evaluate_ner(model, data, max_length, precision, quantize)
         return
-    max_length = max_length or 128
     from bertforge.finetune import evaluate_model, print_report, read_split
     from bertforge.heads import BertForSequenceClassification
+    from bertforge.pipelines import fine_tuned_text_settings
     from bertforge.quantize import inference_device, quantize_encoder
     from bertforge.settings import FinetuneConfig
     from bertforge.tokenizer import BertTokenizer
@@ -309,10 +309,13 @@ def evaluate(
     classifier = quantize_encoder(BertForSequenceClassification.from_pretrained(model), quantize)
     labels = [classifier.config.id2label[i] for i in range(len(classifier.config.id2label))]
     regression = classifier.num_labels == 1
+    trained = fine_tuned_text_settings(model)  # cut texts as the fine-tuning run did, unless told otherwise
     settings = FinetuneConfig(
         model=model, train=name, dev=name, test=name, text_column=text_column, regression=regression,
-        text_pair_column=text_pair_column or None, label_column=label_column, max_length=max_length,
-        long_text=long_text, bad_rows=bad_rows,
+        text_pair_column=text_pair_column or None, label_column=label_column, bad_rows=bad_rows,
+        max_length=max_length or trained.get("max_length", 128),
+        long_text=trained.get("long_text", "truncate") if long_text == "auto" else long_text,
+        window_stride=trained.get("window_stride", FinetuneConfig.window_stride),
     )  # fmt: skip
     file = read_split(settings, split or "test", None if regression else labels)
     device = inference_device(quantize)
@@ -380,8 +383,8 @@ def predict(
     input: str = "-",
     output: str = "-",
     top_k: int = 1,
-    max_length: int = 512,
-    long_text: str = "truncate",
+    max_length: int = 0,
+    long_text: str = "auto",
     batch_size: int = 32,
     precision: str = "auto",
     quantize: str = "none",
@@ -409,15 +412,16 @@ def predict(
     records: list[dict[str, Any]]
     if architecture == "BertForQuestionAnswering":
         items = _jsonl_items(input, lines, ("question", "context"), ())
-        reader = pipeline("question-answering", model=model, max_length=min(max_length, 384), **options)
+        reader = pipeline("question-answering", model=model, max_length=min(max_length or 384, 384), **options)
         answers = reader(items, top_k=max(top_k, 1), batch_size=batch_size)
         records = [{"answers": found} if top_k > 1 else found for found in answers]
     elif architecture == "BertForTokenClassification":
-        tagger = pipeline("ner", model=model, max_length=max_length, **options)
+        tagger = pipeline("ner", model=model, max_length=max_length or None, **options)
         records = [{"text": text, "entities": found} for text, found in zip(lines, tagger(lines), strict=True)]
     else:
         items = _jsonl_items(input, lines, ("text",), ("text_pair",)) if input.endswith(".jsonl") else lines
-        classify = pipeline("text-classification", model=model, max_length=max_length, long_text=long_text, **options)
+        classify = pipeline("text-classification", model=model, max_length=max_length or None,
+                            long_text=None if long_text == "auto" else long_text, **options)  # fmt: skip
         records = []
         for result in classify(items, top_k=max(top_k, 1), batch_size=batch_size):
             ranked = result if isinstance(result, list) else [result]
@@ -479,6 +483,7 @@ class Option:
 
 
 QUANTIZE_HELP = "int8: the encoder's linear layers in int8 with per-token scales (CPU inference; bertforge.quantize)"
+LONG_TEXT_HELP = "what to do with longer texts; auto: as the model's fine-tuning run did (else truncate)"
 PRECISION_HELP = "fp32, bf16 (autocast: fast on CPUs with AVX-512 BF16 and on GPUs), or auto: bf16 where native"
 COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
     "tokenizer train": (
@@ -553,8 +558,8 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("text_column", "column with the text"),
             Option("text_pair_column", "column with the second text of sentence pairs"),
             Option("label_column", "column with the label"),
-            Option("max_length", "tokens per input (0: 128, or 384 for question answering)"),
-            Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
+            Option("max_length", "tokens per input (0: as the model was fine-tuned; else 128, or 384 for QA)"),
+            Option("long_text", LONG_TEXT_HELP, choices=("auto", "truncate", "window")),
             Option("bad_rows", "fail on a bad row, or skip and count it", choices=("fail", "skip")),
             Option("precision", PRECISION_HELP, choices=("fp32", "bf16", "auto")),
             Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),
@@ -567,8 +572,8 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("input", "text file (one text per line) or .jsonl (required for QA); - for standard input"),
             Option("output", "JSONL file to write; - for standard output"),
             Option("top_k", "also list the best k classes with their scores"),
-            Option("max_length", "tokens per input"),
-            Option("long_text", "what to do with longer texts", choices=("truncate", "window")),
+            Option("max_length", "tokens per input (0: as the model was fine-tuned; else its tokenizer's limit)"),
+            Option("long_text", LONG_TEXT_HELP, choices=("auto", "truncate", "window")),
             Option("batch_size", "inputs per forward pass"),
             Option("precision", PRECISION_HELP, choices=("auto", "fp32", "bf16")),
             Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),

@@ -5,6 +5,7 @@ Inputs are batched internally and results come back in input order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def pipeline(
     precision: str = "fp32",
     quantize: str = "none",
     max_length: int | None = None,
-    long_text: str = "truncate",
+    long_text: str | None = None,
     aggregation: str = "simple",
 ) -> (
     TextClassificationPipeline
@@ -70,8 +71,9 @@ def pipeline(
     """Build the pipeline for ``task`` from a checkpoint folder (or a packaged model's name).
 
     ``max_length`` and ``long_text`` ("truncate" or "window") apply to text classification; they default to
-    the values the model was fine-tuned with when its run saved them. ``quantize="int8"`` runs the encoder's
-    linear layers in int8 on the CPU (:mod:`bertforge.quantize`).
+    the values the model was fine-tuned with when its run saved them (:func:`fine_tuned_text_settings`), else
+    to the tokenizer's ``model_max_length`` and truncation. ``quantize="int8"`` runs the encoder's linear layers
+    in int8 on the CPU (:mod:`bertforge.quantize`).
     """
     if task not in TASKS:
         raise BertforgeError(f"unknown task {task!r}; bertforge pipelines: {', '.join(TASKS)}")
@@ -101,10 +103,23 @@ def pipeline(
     classifier = load(BertForSequenceClassification)
     if not classifier.config.id2label:
         raise BertforgeError(f"{folder}: has no labels in config.json; {HOW_TO_GET_A_MODEL[task]}")
+    trained = fine_tuned_text_settings(folder)
     return TextClassificationPipeline(
-        classifier, tokenizer, target, precision, max_length=max_length or tokenizer.model_max_length,
-        long_text=long_text,
+        classifier, tokenizer, target, precision,
+        max_length=max_length or trained.get("max_length") or tokenizer.model_max_length,
+        long_text=long_text or trained.get("long_text", "truncate"), stride=trained.get("window_stride"),
     )  # fmt: skip
+
+
+def fine_tuned_text_settings(folder: str | Path) -> dict[str, Any]:
+    """``max_length``, ``long_text`` and ``window_stride`` of the run that fine-tuned the classifier in
+    ``folder`` (from the ``finetune_config.json`` that ``bertforge finetune classification`` writes beside its
+    model/ folder), so that inference cuts texts as training did; {} for a model from elsewhere."""
+    saved = Path(folder).parent / "finetune_config.json"
+    if not saved.is_file():
+        return {}
+    known = json.loads(saved.read_text())
+    return {key: known[key] for key in ("max_length", "long_text", "window_stride") if key in known}
 
 
 TextInput = str | tuple[str, str] | dict[str, str]
