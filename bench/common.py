@@ -41,3 +41,13 @@ def run_child(module: str, *arguments: str) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def transformers_adamw(model: torch.nn.Module, learning_rate: float) -> torch.optim.AdamW:
+    """The optimizer of the transformers sides: AdamW, weight decay 0.01 except on biases and LayerNorm, eps 1e-6
+    (bertforge's recipe), and the fused kernel, which the transformers Trainer picks by default on torch >= 2.8
+    (``adamw_torch_fused``) and bertforge uses too, so speed ratios compare the models, not the optimizers."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n]
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, eps=1e-6, fused=True)

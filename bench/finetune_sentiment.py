@@ -1,7 +1,8 @@
 """Fine-tuning MiniLM-L6 for sentiment: bertforge's recipe vs transformers' BertForSequenceClassification.
 
 Both sides: the same catalogue splits, the same hyper-parameters (2 epochs, batch 32, AdamW lr 5e-5 with no decay
-on biases/LayerNorm, weight decay 0.01, 10% linear warm-up then linear decay, seed 0 or --seed), the same precision.
+on biases/LayerNorm, weight decay 0.01, 10% linear warm-up then linear decay, seed 0 or --seed), the same precision,
+PyTorch's fused AdamW kernel (transformers' Trainer default on torch >= 2.8, and bertforge's).
 - rotten_tomatoes: seed-0 splits 6,530 / 1,000 / 1,000, max_length 64.
 - imdb: the first 5,000 reviews of the seed-0 training split, its 2,500 dev and 2,500 test reviews,
   max_length 256 (longer reviews truncated).
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import machine, peak_rss_mb, run_child
+from bench.common import machine, peak_rss_mb, run_child, transformers_adamw
 
 BATCH, LEARNING_RATE, WARMUP = 32, 5e-5, 0.1
 MAX_LENGTH = {"rotten_tomatoes": 64, "imdb": 256}
@@ -109,12 +110,7 @@ def transformers_side(dataset: str, precision: str, epochs: float, seed: int, de
         model.train()
         return float(np.mean([r["label"] == y for r, y in zip(results, data[split][1], strict=True)])), seconds
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=LEARNING_RATE,
-        eps=1e-6,
-    )  # fmt: skip
+    optimizer = transformers_adamw(model, LEARNING_RATE)
     steps_per_epoch = math.ceil(len(texts) / BATCH)
     total = math.ceil(epochs * steps_per_epoch)
     warmup = WARMUP * total

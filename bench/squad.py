@@ -1,8 +1,8 @@
 """Fine-tuning MiniLM-L6 for SQuAD v1.1: bertforge's recipe vs transformers' BertForQuestionAnswering.
 
 Both sides: the first 4,000 training questions, 1 epoch, batch 32, AdamW lr 5e-5 (no decay on biases/LayerNorm,
-weight decay 0.01, eps 1e-6), 10% linear warm-up then linear decay, gradient clipping 1.0, seed 0, the same
-precision; evaluated on the first 1,000 dev questions with the official exact match / F1. Both read the same
+weight decay 0.01, eps 1e-6, fused kernel), 10% linear warm-up then linear decay, gradient clipping 1.0, seed 0,
+the same precision; evaluated on the first 1,000 dev questions with the official exact match / F1. Both read the same
 windows (max_length 256, doc_stride 128, max_query_length 64: bertforge's preprocessing, whose token ids equal
 transformers' BertTokenizer, see tests/test_tokenizer.py) and share one post-processing (n-best 20,
 max_answer_length 30), so the comparison is about the model and training loop. transformers gets a plain loop in
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import machine, peak_rss_mb, run_child
+from bench.common import machine, peak_rss_mb, run_child, transformers_adamw
 
 BATCH, LEARNING_RATE, WARMUP, SEED = 32, 5e-5, 0.1, 0
 MAX_LENGTH, DOC_STRIDE, MAX_QUERY_LENGTH = 256, 128, 64
@@ -63,12 +63,7 @@ def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict
     dev = read_squad(resolve_squad("squad_v1", "dev"), eval_limit).examples
     torch.manual_seed(SEED)
     model = transformers.BertForQuestionAnswering.from_pretrained(folder)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=LEARNING_RATE,
-        eps=1e-6,
-    )  # fmt: skip
+    optimizer = transformers_adamw(model, LEARNING_RATE)
     started = time.perf_counter()
     windows = encode_questions(
         tokenizer, [e.question for e in train], [e.context for e in train], max_length=MAX_LENGTH,

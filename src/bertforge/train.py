@@ -107,7 +107,13 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-6,
 ) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases and LayerNorm parameters, as in BERT's optimizer."""
+    """AdamW with no weight decay on biases and LayerNorm parameters, as in BERT's optimizer.
+
+    The fused kernel (one pass over each parameter's memory) where this PyTorch has it for the parameters' device:
+    the default CPU implementation makes about ten passes, and for MiniLM-L6 (22M parameters, 2-core CPU) took
+    160-250 ms of a 350-500 ms fine-tuning step against 20-30 ms fused (bench/RESULTS.md, eighth session). Same
+    update rule; only the rounding differs.
+    """
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -115,7 +121,10 @@ def build_optimizer(
         is_norm_or_bias = parameter.ndim < 2 or "norm" in name.split(".")[-2]
         (no_decay if is_norm_or_bias else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+    try:
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=True)
+    except RuntimeError:  # no fused kernel for this device in this PyTorch
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
 
 
 def learning_rate_factor(progress: float, warmup: float, cooldown: float = 1.0) -> float:
