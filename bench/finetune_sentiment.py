@@ -10,9 +10,8 @@ transformers gets a plain training loop in the style of its examples: examples s
 padded to its longest, its pipeline run on the dev split after each epoch and the best epoch's weights kept, as
 bertforge's recipe does. ``--long-text window`` makes bertforge train and predict on overlapping windows of the
 long reviews (logits averaged) where transformers keeps truncating: a different recipe, reported as such. Prints
-test accuracy of both, fine-tuning examples/s (dev evaluations included), and
-pipeline inference texts/s on the test split (transformers padding each batch of 32 to its longest, in file
-order, as its pipeline does).
+test accuracy of both, fine-tuning examples/s (dev evaluations included), and pipeline inference texts/s on the
+test split (transformers padding each batch of 32 to its longest, in file order, as its pipeline does).
 
     .venv/bin/python -m bench.finetune_sentiment [--dataset rotten_tomatoes|imdb] [--precision fp32|bf16] [--seed N]
         [--long-text truncate|window] [--sides transformers,bertforge]
@@ -83,7 +82,7 @@ def bertforge_side(dataset: str, precision: str, epochs: float, seed: int, devic
     return {"accuracy": accuracy, "train_seconds": train_seconds, "infer_seconds": infer_seconds}
 
 
-def transformers_side(dataset: str, precision: str, epochs: float, seed: int, device: str, long_text: str) -> dict:
+def transformers_side(dataset: str, precision: str, epochs: float, seed: int, device: str) -> dict:
     import transformers
 
     from bertforge.assets import fetch
@@ -159,8 +158,8 @@ def main() -> None:
     parser.add_argument("--child", choices=("bertforge", "transformers"))
     args = parser.parse_args()
     if args.child:
-        side = bertforge_side if args.child == "bertforge" else transformers_side
-        result = side(args.dataset, args.precision, args.epochs, args.seed, args.device, args.long_text)
+        common = (args.dataset, args.precision, args.epochs, args.seed, args.device)
+        result = bertforge_side(*common, args.long_text) if args.child == "bertforge" else transformers_side(*common)
         print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     print(machine())
