@@ -149,27 +149,22 @@ def data_prepare(
 
 
 def data_text(dataset: str, out: str, split: str = "train", sentences_per_document: int = 10) -> None:
-    """Write a catalogue tagging data set's sentences as a plain-text pretraining corpus (BERT format).
+    """Write a catalogue data set's texts as a plain-text pretraining corpus (BERT format: a blank line between
+    documents).
 
-    msra_ner (Chinese news sentences, one per line) is the one there is now. Its sentences carry no article
-    boundaries, so every --sentences-per-document consecutive sentences form a document (a blank line between),
-    which next-sentence prediction and the validation split need. Use --split train only for pretraining a model
-    you will test on msra_ner, so the test sentences stay unseen.
+    imdb: one review per document (domain text for movie-review tasks, as in Gururangan et al. 2020, "Don't Stop
+    Pretraining"). msra_ner: Chinese news sentences with no article boundaries, so every --sentences-per-document
+    consecutive sentences form a document, which next-sentence prediction and the validation split need. Keep
+    --split train for a model you will evaluate on that data set, so its dev and test texts stay unseen.
 
-    example: bertforge data text --dataset msra_ner --out zh/corpus.txt
+    example: bertforge data text --dataset imdb --out corpus/imdb.txt
     """
-    from bertforge.data.tagging import read_conll, resolve_tagging_dataset
+    from bertforge.data.catalogue import corpus_documents
 
-    if dataset != "msra_ner":
-        raise BertforgeError(f"unknown data set {dataset!r}; `data text` knows msra_ner")
-    if sentences_per_document < 1:
-        raise BertforgeError("--sentences-per-document must be at least 1")
-    sentences = ["".join(s.tokens) for s in read_conll(resolve_tagging_dataset(dataset, split))]
-    documents = ["\n".join(sentences[i : i + sentences_per_document])
-                 for i in range(0, len(sentences), sentences_per_document)]  # fmt: skip
+    documents = corpus_documents(dataset, split, sentences_per_document)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text("\n\n".join(documents) + "\n", encoding="utf-8")
-    log.info("wrote %d sentences in %d documents to %s", len(sentences), len(documents), out)
+    log.info("wrote %d documents of %s's %s split to %s", len(documents), dataset, split, out)
 
 
 def pretrain(config: str | None = None, settings: Sequence[str] = ()) -> None:
@@ -524,10 +519,10 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
     "data text": (
         data_text,
         [
-            Option("dataset", "catalogue data set: msra_ner"),
+            Option("dataset", "catalogue data set: imdb (reviews) or msra_ner (Chinese sentences)"),
             Option("out", "text file to write"),
-            Option("split", "which split's sentences", choices=("train", "dev", "test")),
-            Option("sentences_per_document", "consecutive sentences that make one document"),
+            Option("split", "which split's texts", choices=("train", "dev", "test")),
+            Option("sentences_per_document", "msra_ner: consecutive sentences that make one document"),
         ],
     ),
     "pretrain": (

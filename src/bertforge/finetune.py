@@ -56,6 +56,7 @@ from bertforge.train import (
     save_model_folder,
     seed_everything,
     set_learning_rate,
+    with_learning_rate,
 )
 
 log = logging.getLogger("bertforge")
@@ -154,11 +155,14 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
         log.info("%s was trained for labels %s; a new head is made for %s", model_dir, base.id2label, names)
     checkpoint = checkpoint_to_resume(run_dir, settings.resume)
     start_dir = checkpoint or model_dir
-    if checkpoint is None and base.id2label and base.id2label != label_config["id2label"]:
+    if checkpoint is None and settings.random_init:  # the from-scratch baseline that measures pretraining's worth
+        model = BertForSequenceClassification(dataclasses.replace(base, **label_config))
+    elif checkpoint is None and base.id2label and base.id2label != label_config["id2label"]:
         model = _fresh_head_model(model_dir, label_config)
     else:
         model = BertForSequenceClassification.from_pretrained(start_dir, **label_config)
     model.to(device).train()
+    settings = with_learning_rate(settings, base.hidden_size)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
 
     train_inputs = encode_file(tokenizer, train, settings)

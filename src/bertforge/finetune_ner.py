@@ -68,6 +68,7 @@ from bertforge.train import (
     save_model_folder,
     seed_everything,
     set_learning_rate,
+    with_learning_rate,
 )
 
 log = logging.getLogger("bertforge")
@@ -205,6 +206,7 @@ def finetune_ner(settings: NerConfig) -> Path:
     else:
         model = BertForTokenClassification.from_pretrained(checkpoint or model_dir, **label_config)
     model.to(device).train()
+    settings = with_learning_rate(settings, model.config.hidden_size)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
 
     encoded = encode_sentences(tokenizer, train, settings.max_length, settings.window_stride)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
 from bertforge.classify import collate
+from bertforge.config import BertConfig
 from bertforge.data.classification import bucketed_batches
 from bertforge.data.squad import SquadFile, read_squad, resolve_squad
 from bertforge.distributed import (
@@ -53,6 +54,7 @@ from bertforge.train import (
     save_model_folder,
     seed_everything,
     set_learning_rate,
+    with_learning_rate,
 )
 
 log = logging.getLogger("bertforge")
@@ -91,7 +93,12 @@ def finetune_qa(settings: QaConfig) -> Path:
     dev_name = settings.dev or ("squad_v1" if settings.train == "squad_v1" else None)
     dev = read_squad(resolve_squad(dev_name, "dev"), settings.eval_limit) if dev_name else None
     checkpoint = checkpoint_to_resume(run_dir, settings.resume)
-    model = BertForQuestionAnswering.from_pretrained(checkpoint or model_dir).to(device).train()
+    if checkpoint is None and settings.random_init:  # the from-scratch baseline that measures pretraining's worth
+        model = BertForQuestionAnswering(BertConfig.load(model_dir))
+    else:
+        model = BertForQuestionAnswering.from_pretrained(checkpoint or model_dir)
+    model.to(device).train()
+    settings = with_learning_rate(settings, model.config.hidden_size)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
 
     windows = encode_questions(

@@ -86,6 +86,7 @@ class FinetuneConfig:
     text_pair_column: str | None = None  # second text for sentence-pair tasks
     label_column: str = "label"  # column with the label: names or integers (classes) or numbers (regression)
     regression: bool = False  # predict a number (mean-squared error) instead of a class
+    random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     bad_rows: str = "fail"  # fail: stop at the first bad row; skip: skip bad rows and report how many
     max_length: int = 128  # tokens per input, [CLS]/[SEP] included
     long_text: str = "truncate"  # truncate, or window: overlapping windows whose logits are averaged
@@ -95,7 +96,7 @@ class FinetuneConfig:
     batch_size: int = 32  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
     bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
-    learning_rate: float = 5e-5  # peak learning rate after warm-up
+    learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
@@ -148,7 +149,7 @@ class NerConfig:
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # windows per optimizer step
     bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
-    learning_rate: float = 5e-5  # peak learning rate after warm-up
+    learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
@@ -176,6 +177,7 @@ class QaConfig:
     train: str = ""  # SQuAD-format JSON file, or squad_v1 (SQuAD v1.1 from the packaged data)
     dev: str | None = None  # evaluated (exact match, F1) after each epoch; defaults to squad_v1's dev file
     out: str = "runs/qa"  # run folder: best model/, checkpoint, metrics.jsonl, curves.png, report.json
+    random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     train_limit: int | None = None  # use only the first N training questions (file order)
     eval_limit: int | None = None  # evaluate on the first N dev questions only
     max_length: int = 384  # tokens per window: [CLS] question [SEP] context piece [SEP]
@@ -188,7 +190,7 @@ class QaConfig:
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # windows per optimizer step
     bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
-    learning_rate: float = 5e-5  # peak learning rate after warm-up
+    learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off

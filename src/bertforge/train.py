@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import random
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from torch import nn
 from bertforge.errors import BertforgeError
 
 log = logging.getLogger("bertforge")
+
+SettingsT = TypeVar("SettingsT")  # a recipe's settings dataclass
 
 TRAINING_STATE_NAME = "training_state.pt"
 
@@ -125,6 +128,23 @@ def build_optimizer(
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=True)
     except RuntimeError:  # no fused kernel for this device in this PyTorch
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+
+
+def fine_tuning_learning_rate(hidden_size: int) -> float:
+    """The peak fine-tuning learning rate a recipe uses when none is given: 5e-5 at MiniLM's width (384), scaled
+    by 384 / ``hidden_size``, as Adam's step on a hidden matrix should shrink with its fan-in (Yang et al., 2021,
+    muP). So BERT-tiny (128) gets 1.5e-4 and BERT-base (768) 2.5e-5, inside the ranges Devlin et al. (2019) and
+    Turc et al. (2019) searched for those sizes; measured on bertforge's own small models in bench/RESULTS.md."""
+    return 5e-5 * 384 / hidden_size
+
+
+def with_learning_rate(settings: SettingsT, hidden_size: int) -> SettingsT:
+    """Fine-tuning ``settings`` with ``learning_rate`` filled in from the model's width when it was left unset."""
+    if settings.learning_rate is not None:
+        return settings
+    rate = fine_tuning_learning_rate(hidden_size)
+    log.info("learning rate %.2g (chosen for hidden size %d; --learning-rate sets another)", rate, hidden_size)
+    return dataclasses.replace(settings, learning_rate=rate)
 
 
 def learning_rate_factor(progress: float, warmup: float, cooldown: float = 1.0) -> float:

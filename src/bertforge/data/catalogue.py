@@ -125,3 +125,26 @@ def _write_atomically(path: Path, rows: list[tuple[str, str]]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def corpus_documents(dataset: str, split: str = "train", sentences_per_document: int = 10) -> list[str]:
+    """A catalogue data set's texts as pretraining documents (one string each, sentences on separate lines).
+
+    ``imdb``: one review per document. ``msra_ner``: its sentences carry no article boundaries, so every
+    ``sentences_per_document`` consecutive sentences form one. Rotten Tomatoes has no documents longer than a
+    sentence, so next-sentence prediction could not use it.
+    """
+    if split not in SPLITS:
+        raise BertforgeError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if dataset == "imdb":
+        with open(resolve_dataset(dataset, split), encoding="utf-8", newline="") as file:
+            return [row["text"] for row in csv.DictReader(file)]
+    if dataset == "msra_ner":
+        from bertforge.data.tagging import read_conll, resolve_tagging_dataset
+
+        if sentences_per_document < 1:
+            raise BertforgeError(f"sentences_per_document must be at least 1, got {sentences_per_document}")
+        sentences = ["".join(s.tokens) for s in read_conll(resolve_tagging_dataset(dataset, split))]
+        return ["\n".join(sentences[i : i + sentences_per_document])
+                for i in range(0, len(sentences), sentences_per_document)]  # fmt: skip
+    raise BertforgeError(f"unknown data set {dataset!r} for a text corpus; use imdb or msra_ner")
