@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from bertforge.assets import resolve_model_dir
+from bertforge.checkpoint import ModelT
 from bertforge.classify import EncodedInputs, collate, encode_texts, length_sorted_batches, predict_logits, softmax
 from bertforge.data.tagging import OUTSIDE, chunk_entities
 from bertforge.embeddings import embed_texts
@@ -24,7 +25,7 @@ from bertforge.heads import (
     BertForSequenceClassification,
     BertForTokenClassification,
 )
-from bertforge.model import BertModel, ModelT
+from bertforge.model import BertModel
 from bertforge.qa import best_spans, encode_questions, window_logits
 from bertforge.quantize import inference_device, quantize_encoder
 from bertforge.tokenizer import BertTokenizer

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bertforge.checkpoint import ModelT
 from bertforge.config import PRESETS, BertConfig
 from bertforge.data.examples import PretrainingExamples, SpecialIds, split_batch
 from bertforge.data.masking import MaskingConfig
@@ -40,7 +41,6 @@ from bertforge.distributed import (
 )
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForMaskedLM, BertForPreTraining
-from bertforge.model import ModelT
 from bertforge.settings import PretrainConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
