@@ -23,7 +23,7 @@ from bertforge.checkpoint import ModelT
 from bertforge.config import PRESETS, BertConfig
 from bertforge.data.examples import PretrainingExamples, SpecialIds, split_batch
 from bertforge.data.masking import MaskingConfig
-from bertforge.data.shards import ShardedCorpus, check_tokenizer
+from bertforge.data.shard_reader import ShardedCorpus, check_tokenizer
 from bertforge.distributed import (
     gather_objects,
     gradient_sync,
