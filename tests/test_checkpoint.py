@@ -133,14 +133,28 @@ def test_prefixed_task_checkpoint_loads_encoder_and_skips_heads(tmp_path):
 
 
 def test_google_gamma_beta_names_are_read(tmp_path):
-    hf_tiny_model().save_pretrained(tmp_path)
+    """Google's converted checkpoints call LayerNorm's weight and bias gamma and beta: they load as such."""
+    reference = hf_tiny_model()
+    with torch.no_grad():  # LayerNorm starts at ones and zeros; random values show each one lands in its place
+        for name, parameter in reference.named_parameters():
+            if "LayerNorm" in name:
+                parameter.copy_(torch.randn_like(parameter))
+    reference.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     renamed = {
         k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
         for k, v in state.items()
     }
+    assert sum(k.endswith(("LayerNorm.gamma", "LayerNorm.beta")) for k in renamed) == 2 * (1 + 2 * 2)
     save_file(renamed, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    BertModel.from_pretrained(tmp_path)
+    model = BertModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(model.embeddings.norm.weight, reference.embeddings.LayerNorm.weight, rtol=0, atol=0)
+    torch.testing.assert_close(
+        model.layers[1].feed_forward_norm.bias, reference.encoder.layer[1].output.LayerNorm.bias, rtol=0, atol=0
+    )
+    ids = torch.randint(0, 99, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).last_hidden_state, reference(input_ids=ids).last_hidden_state)
 
 
 # ---- bad checkpoints ---------------------------------------------------------------------------------------

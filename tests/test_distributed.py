@@ -20,7 +20,7 @@ from test_qa import synthetic_squad
 from bertforge.config import BertConfig
 from bertforge.data.classification import bucketed_batches
 from bertforge.data.examples import split_batch
-from bertforge.data.shards import ShardedCorpus
+from bertforge.data.shard_reader import ShardedCorpus
 from bertforge.distributed import Processes, micro_batches_per_step, my_share
 from bertforge.errors import BertforgeError
 from bertforge.model import BertModel

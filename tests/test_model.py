@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bertforge import BertConfig, BertforgeError, BertModel
-from bertforge.model import BATCHED_ATTENTION_MAX_LENGTH
+from bertforge.kernels import BATCHED_ATTENTION_MAX_LENGTH
 
 
 def tiny_model(**overrides) -> BertModel:
@@ -123,7 +123,7 @@ def test_bad_inputs_say_what_to_change(ids, message):
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_cpu_dropout_mask_drops_the_asked_share_and_keeps_the_mean(p):
-    from bertforge.model import Dropout, draw_drop_mask
+    from bertforge.kernels import Dropout, draw_drop_mask
 
     torch.manual_seed(0)
     dropped, scale = draw_drop_mask(torch.Size([1000, 1001]), p, torch.device("cpu"))  # not a multiple of 4
@@ -150,7 +150,7 @@ def test_cpu_dropout_mask_drops_the_asked_share_and_keeps_the_mean(p):
 def test_cpu_training_attention_equals_autograd_through_the_formula(bf16, keep, dropout):
     """The CPU training attention has a hand-written backward pass; its output and gradients must be autograd's
     through the same formula (probabilities rounded to the inputs' dtype) with the same dropout mask."""
-    from bertforge.model import SoftmaxAttentionFunction, draw_drop_mask
+    from bertforge.kernels import SoftmaxAttentionFunction, draw_drop_mask
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     generator = torch.Generator().manual_seed(0)
@@ -183,23 +183,23 @@ def test_cpu_training_attention_equals_autograd_through_the_formula(bf16, keep, 
 
 
 def test_cpu_training_attention_takes_the_hand_written_path_only_where_it_is_faster(monkeypatch):
-    from bertforge import model as modeling
+    from bertforge import kernels
 
-    attention = modeling.SelfAttention(BertConfig.preset("tiny", vocab_size=100, attention_probs_dropout_prob=0.0))
     calls = []
-    original = modeling.SoftmaxAttentionFunction.apply
+    original = kernels.SoftmaxAttentionFunction.apply
     monkeypatch.setattr(
-        modeling.SoftmaxAttentionFunction, "apply", lambda *args: calls.append(args[-1]) or original(*args)
+        kernels.SoftmaxAttentionFunction, "apply", lambda *args: calls.append(args[-1]) or original(*args)
     )
-    longest = modeling.MATERIALIZED_ATTENTION_MAX_LENGTH
+    longest = kernels.MATERIALIZED_ATTENTION_MAX_LENGTH
     for length, dtype, grad in ((16, torch.bfloat16, True), (16, torch.bfloat16, False), (16, torch.float32, True),
                                 (longest + 1, torch.bfloat16, True)):  # fmt: skip
-        q = torch.randn(1, 2, length, 64, dtype=dtype, requires_grad=grad)
-        attention.attend(q, q, q, None, "sdpa", need_weights=False)  # only the first is hand-written
-    attention.dropout_prob = 0.1
-    attention.attend(q, q, q, None, "sdpa", need_weights=False)  # long, training, dropout: recomputes
-    q = torch.randn(1, 2, 16, 64, requires_grad=True)
-    attention.attend(q, q, q, None, "sdpa", need_weights=False)  # short, fp32, dropout: keeps
+        qkv = torch.randn(1, length, 3 * 128, dtype=dtype, requires_grad=grad)  # two heads of 64
+        kernels.attention(qkv, 2, None, "sdpa", dropout=0.0)  # only the first is hand-written
+    kernels.attention(qkv, 2, None, "sdpa", dropout=0.1)  # long, training, dropout: recomputes
+    qkv = torch.randn(1, 16, 3 * 128, requires_grad=True)
+    kernels.attention(qkv, 2, None, "sdpa", dropout=0.1)  # short, fp32, dropout: keeps
+    kernels.attention(qkv, 2, None, "reference", dropout=0.1)  # the formula, written out
+    kernels.attention(qkv, 2, None, "sdpa", dropout=0.1, need_weights=True)  # probabilities asked: the formula
     assert calls == [True, False, True]
 
 
@@ -277,7 +277,7 @@ def test_unpadded_execution_equals_the_padded_path_outputs_and_gradients(impleme
 
 
 def test_unpadded_training_with_dropout_runs_per_sequence():
-    from bertforge.model import PackedBatch
+    from bertforge.kernels import PackedBatch
 
     model = tiny_model().train()
     ids, mask, types = padded_batch()

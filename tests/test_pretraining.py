@@ -8,7 +8,8 @@ import pytest
 
 from bertforge.cli import main
 from bertforge.data.examples import Pair
-from bertforge.data.shards import ShardedCorpus, prepare_corpus
+from bertforge.data.shard_reader import ShardedCorpus
+from bertforge.data.shard_writer import prepare_corpus
 from bertforge.errors import BertforgeError
 from bertforge.heads import IGNORE_INDEX
 from bertforge.pretrain import make_examples, pretrain

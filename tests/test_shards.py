@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from bertforge import BertforgeError
-from bertforge.data.shards import (
-    MANIFEST_NAME,
-    ShardedCorpus,
-    check_tokenizer,
-    load_manifest,
-    prepare_corpus,
-)
+from bertforge.data.shard_reader import MANIFEST_NAME, ShardedCorpus, check_tokenizer, load_manifest
+from bertforge.data.shard_writer import prepare_corpus
 from bertforge.tokenizer import SPECIAL_TOKENS, BertTokenizer, train_tokenizer
 
 ENGLISH_WORDS = ("the", "cat", "dog", "sat", "on", "a", "mat", "and", "ran", "to", "house", "tree", "big", "red")

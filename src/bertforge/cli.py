@@ -125,7 +125,7 @@ def data_prepare(
 
     example: bertforge data prepare --corpus 'wiki/*.txt' --tokenizer my-tokenizer --out shards
     """
-    from bertforge.data.shards import prepare_corpus
+    from bertforge.data.shard_writer import prepare_corpus
 
     manifest = prepare_corpus(
         expand_paths(corpus),

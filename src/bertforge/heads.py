@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.config import BertConfig
-from bertforge.model import ACTIVATION_FUNCTIONS, BertModel, BertPreTrainedModel, Dropout
+from bertforge.kernels import Dropout
+from bertforge.model import ACTIVATION_FUNCTIONS, BertModel, BertPreTrainedModel
 
 IGNORE_INDEX = -100  # label of positions that carry no MLM target (PyTorch's cross-entropy default)
 

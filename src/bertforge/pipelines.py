@@ -6,6 +6,7 @@ Inputs are batched internally and results come back in input order.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from bertforge.assets import resolve_model_dir
+from bertforge.checkpoint import ModelT
 from bertforge.classify import EncodedInputs, collate, encode_texts, length_sorted_batches, predict_logits, softmax
 from bertforge.data.tagging import OUTSIDE, chunk_entities
 from bertforge.embeddings import embed_texts
@@ -24,7 +26,7 @@ from bertforge.heads import (
     BertForSequenceClassification,
     BertForTokenClassification,
 )
-from bertforge.model import BertModel, ModelT
+from bertforge.model import BertModel
 from bertforge.qa import best_spans, encode_questions, window_logits
 from bertforge.quantize import inference_device, quantize_encoder
 from bertforge.tokenizer import BertTokenizer
@@ -182,13 +184,61 @@ class TextClassificationPipeline:
         return ranked[0] if top_k == 1 else ranked
 
 
+ZERO_WIDTH_JOINER = "\u200d"
+VIRAMA_CLASS = 9  # the canonical combining class of viramas
+
+
+def continues_grapheme(char: str) -> bool:
+    """Whether ``char`` belongs to the grapheme cluster before it (Unicode UAX #29, as far as ``unicodedata`` tells):
+    combining marks (variation selectors are among them), emoji skin-tone modifiers, tag characters, joiners."""
+    code = ord(char)
+    return (
+        unicodedata.category(char) in ("Mn", "Me", "Mc")
+        or 0x1F3FB <= code <= 0x1F3FF  # emoji modifiers
+        or 0xE0020 <= code <= 0xE007F  # tags, as in the flags of Scotland or Wales
+        or code in (0x200C, 0x200D)  # zero-width non-joiner and joiner
+    )
+
+
+def is_grapheme_boundary(text: str, position: int) -> bool:
+    """Whether ``position`` in ``text`` lies between two grapheme clusters (both ends of the text do).
+
+    A zero-width joiner joins the next character to its cluster, as in emoji sequences such as 👨‍👩‍👧; a virama
+    joins the next letter, as in the Devanagari conjunct स्त; and a flag is a pair of regional indicators (🇫🇷).
+    """
+    if position <= 0 or position >= len(text):
+        return True
+    if continues_grapheme(text[position]) or text[position - 1] == ZERO_WIDTH_JOINER:
+        return False
+    if unicodedata.combining(text[position - 1]) == VIRAMA_CLASS and unicodedata.category(text[position]) == "Lo":
+        return False
+    flag_letters = 0  # regional indicators just before `position`: an odd count leaves a pair open
+    while flag_letters < position and _is_regional_indicator(text[position - flag_letters - 1]):
+        flag_letters += 1
+    return not (flag_letters % 2 and _is_regional_indicator(text[position]))
+
+
+def _is_regional_indicator(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
+
+
+def grapheme_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """``text[start:end]`` widened to whole grapheme clusters: start moves back, end forward, to a boundary."""
+    while not is_grapheme_boundary(text, start):
+        start -= 1
+    while not is_grapheme_boundary(text, end):
+        end += 1
+    return start, end
+
+
 class TokenClassificationPipeline:
     """Find entities (or any token tags) in text, with exact character offsets into the original string.
 
     ``aggregation="none"`` lists every word piece tagged other than O. The other modes work on whole words, so
     an entity never splits a word: a word's tag comes from its first piece ("first"), the mean of its pieces'
     probabilities ("average" and "simple"), or its most confident piece ("max"); consecutive words then form
-    entities, invalid tag sequences (an I- without a B-) read leniently as in seqeval. Chinese text is tagged
+    entities, invalid tag sequences (an I- without a B-) read leniently as in seqeval. Spans never begin or end
+    inside a grapheme cluster (a letter and its combining accents, an emoji sequence). Chinese text is tagged
     character by character, since every CJK character is a word to the tokenizer. Texts longer than
     ``max_length`` are cut into overlapping windows; a token seen by several windows gets their mean probability.
     """
@@ -246,7 +296,13 @@ class TokenClassificationPipeline:
         return results[0] if isinstance(inputs, str) else results
 
     def _entities(self, text: str, found: dict[tuple[int, int, int], list[np.ndarray]]) -> list[dict[str, Any]]:
-        pieces = sorted((start, end, word, np.mean(probs, axis=0)) for (word, start, end), probs in found.items())
+        # Each piece's span widened to whole grapheme clusters: the tokenizer drops combining marks and variation
+        # selectors when it strips accents (the offsets of "Jose\u0301" end before the accent), and splits them
+        # off as words of their own after a CJK character.
+        pieces = sorted(
+            (*grapheme_span(text, start, end), word, np.mean(probs, axis=0))
+            for (word, start, end), probs in found.items()
+        )
         if self.aggregation == "none":
             entities = []
             for index, (start, end, _, probs) in enumerate(pieces):
@@ -255,19 +311,25 @@ class TokenClassificationPipeline:
                     entities.append({"entity": label, "score": float(probs.max()), "index": index,
                                      "word": text[start:end], "start": start, "end": end})  # fmt: skip
             return entities
-        by_word: dict[int, list[tuple[int, int, int, np.ndarray]]] = {}
-        for piece in pieces:
-            by_word.setdefault(piece[2], []).append(piece)
+        spans: list[tuple[int, int, list[np.ndarray]]] = []  # (start, end, its pieces' probabilities) per word
+        previous_word = None
+        for start, end, word, probs in pieces:
+            if spans and (word == previous_word or start < spans[-1][1]):  # the same word, or a mark split off
+                first, stop, members = spans[-1]
+                spans[-1] = (first, max(stop, end), [*members, probs])
+            else:
+                spans.append((start, end, [probs]))
+            previous_word = word
         words: list[tuple[int, int, np.ndarray]] = []  # (start, end, probabilities) per word, in text order
-        for members in by_word.values():
-            stacked = np.stack([piece[3] for piece in members])  # (pieces, C)
+        for start, end, members in spans:
+            stacked = np.stack(members)  # (pieces, C)
             if self.aggregation == "first":
                 probs = stacked[0]
             elif self.aggregation == "max":
                 probs = stacked[int(stacked.max(axis=1).argmax())]
             else:
                 probs = stacked.mean(axis=0)
-            words.append((members[0][0], max(piece[1] for piece in members), probs))
+            words.append((start, end, probs))
         tags = [self.labels[int(probs.argmax())] for _, _, probs in words]
         entities = []
         for kind, first, last in chunk_entities(tags):

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bertforge.checkpoint import ModelT
 from bertforge.config import PRESETS, BertConfig
 from bertforge.data.examples import PretrainingExamples, SpecialIds, split_batch
 from bertforge.data.masking import MaskingConfig
-from bertforge.data.shards import ShardedCorpus, check_tokenizer
+from bertforge.data.shard_reader import ShardedCorpus, check_tokenizer
 from bertforge.distributed import (
     gather_objects,
     gradient_sync,
@@ -40,7 +41,6 @@ from bertforge.distributed import (
 )
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForMaskedLM, BertForPreTraining
-from bertforge.model import ModelT
 from bertforge.settings import PretrainConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (

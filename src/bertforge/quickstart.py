@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from bertforge.assets import fetch
-from bertforge.data.shards import ShardedCorpus, prepare_corpus
+from bertforge.data.shard_reader import ShardedCorpus
+from bertforge.data.shard_writer import prepare_corpus
 from bertforge.embeddings import embed_texts
 from bertforge.finetune import finetune_classification
 from bertforge.model import BertModel

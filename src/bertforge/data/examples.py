@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertforge.data.masking import MaskingConfig, mask_tokens
-from bertforge.data.shards import ShardedCorpus
+from bertforge.data.shard_reader import ShardedCorpus
 from bertforge.errors import BertforgeError
 
 
