@@ -196,6 +196,8 @@ def test_weighted_micro_batch_losses_add_up_to_the_mean_over_the_global_batch(wo
 def test_global_batch_must_split_evenly():
     with pytest.raises(BertforgeError, match="divisible by 6"):
         micro_batches_per_step(32, 3, Processes(0, 2))
+    with pytest.raises(BertforgeError, match="at least 1"):
+        micro_batches_per_step(32, 0, Processes())
 
 
 def _rows(batch: dict) -> list[tuple]:
