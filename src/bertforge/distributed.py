@@ -3,11 +3,12 @@ each its rank through the environment; ``DistributedDataParallel`` averages grad
 
 The recipes stay single-process programs with four extra ideas, all here:
 
-- every process builds the same global batch of an optimizer step and keeps its own micro-batches
-  (:func:`my_share`), so the global batch (``batch_size`` in the configs) and the data order do not depend on the
-  number of processes;
-- the loss of each micro-batch is scaled so that DDP's average over processes equals the one-process mean over
-  micro-batches, and only the last micro-batch of a step all-reduces (:func:`gradient_sync`, DDP's ``no_sync``);
+- every process draws the same global batch of an optimizer step (seeded by seed and epoch only), cuts it into
+  micro-batches, one per process and accumulation step, and keeps its own (:func:`my_share`), so which examples
+  make up step k does not depend on the number of processes or on gradient accumulation;
+- the mean loss of each micro-batch is scaled by its share of the items the step's loss averages over (examples,
+  labelled or masked tokens), so that DDP's average over processes equals the one-process mean over the global
+  batch, and only the last micro-batch of a step all-reduces (:func:`gradient_sync`, DDP's ``no_sync``);
 - only the main process (rank 0) evaluates, logs and writes files (:attr:`Processes.is_main`);
 - figures that each process saw part of (losses, token counts) are summed across processes (:func:`sum_across`).
 
@@ -23,9 +24,11 @@ import contextlib
 import datetime
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -169,18 +172,31 @@ def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) 
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def my_share(group: list[T], processes: Processes) -> list[tuple[T, float]]:
-    """This process's micro-batches of one optimizer step, each with the factor its loss is multiplied by.
+def my_share(
+    micro_batches: Sequence[T], counts: Sequence[Sequence[float]], processes: Processes
+) -> list[tuple[T, tuple[float, ...]]]:
+    """This process's micro-batches of one optimizer step, each with the factors its loss terms are multiplied by.
 
-    Micro-batch ``j`` of the step goes to process ``j % world_size``. The factor ``world_size / len(group)``
-    makes DDP's average of the processes' gradients equal the single-process mean over all micro-batches of
-    the step. At the end of an epoch a step may have fewer micro-batches than processes; a process left
-    without one runs the first with factor 0, because every process must take part in the gradient all-reduce.
+    ``micro_batches`` are the whole step's, the same in every process. ``counts[j][k]`` is how many items loss term
+    ``k`` of micro-batch ``j`` is a mean over: examples for a classification or NSP loss, labelled tokens for NER,
+    masked tokens for MLM, or the summed class weights of a weighted cross-entropy. A single process computing the
+    mean over the global batch divides by the sum over all micro-batches, so micro-batch ``j``'s term gets the
+    factor ``world_size * counts[j][k] / sum_j counts[j][k]``: its share of the global mean, times ``world_size``
+    because DDP averages the processes' gradients. Micro-batches of different sizes (the last step of an epoch)
+    and different token counts therefore add up to exactly the one-process loss.
+
+    Micro-batch ``j`` goes to process ``j % world_size``. At the end of an epoch a step may have fewer
+    micro-batches than processes; a process left without one runs the first with factors 0, because every
+    process must take part in the gradient all-reduce.
     """
-    share = group[processes.rank :: processes.world_size]
-    if not share:
-        return [(group[0], 0.0)]
-    return [(micro_batch, processes.world_size / len(group)) for micro_batch in share]
+    table = np.asarray(counts, dtype=np.float64).reshape(len(micro_batches), -1)  # (micro-batches, terms)
+    totals = table.sum(axis=0)  # (terms,)
+    # A term with nothing to average over in the whole step (no labelled token at all) contributes nothing.
+    factors = np.divide(processes.world_size * table, totals, out=np.zeros_like(table), where=totals > 0)
+    mine = range(processes.rank, len(micro_batches), processes.world_size)
+    if not mine:
+        return [(micro_batches[0], (0.0,) * table.shape[1])]
+    return [(micro_batches[j], tuple(float(f) for f in factors[j])) for j in mine]
 
 
 def gradient_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -238,6 +254,8 @@ def restore_rank_rng(state: dict[str, Any], processes: Processes, seed: int, ste
 
 def micro_batches_per_step(batch_size: int, accumulation: int, processes: Processes) -> int:
     """How many micro-batches make one optimizer step of ``batch_size`` examples (the global batch)."""
+    if accumulation < 1:
+        raise BertforgeError(f"gradient_accumulation_steps {accumulation} must be at least 1")
     parts = accumulation * processes.world_size
     if batch_size % parts:
         raise BertforgeError(

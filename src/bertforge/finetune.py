@@ -22,7 +22,12 @@ from bertforge.assets import resolve_model_dir
 from bertforge.classify import EncodedInputs, collate, encode_texts, predict_logits
 from bertforge.config import BertConfig
 from bertforge.data.catalogue import DATASETS, resolve_dataset
-from bertforge.data.classification import ClassificationFile, bucketed_batches, read_classification_file
+from bertforge.data.classification import (
+    ClassificationFile,
+    bucketed_batches,
+    read_classification_file,
+    split_rows,
+)
 from bertforge.distributed import (
     gather_objects,
     gradient_sync,
@@ -168,9 +173,11 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
     train_inputs = encode_file(tokenizer, train, settings)
     targets = np.asarray([e.label for e in train.examples])[train_inputs.source]
     class_weights = _class_weights(settings, targets, len(names), device)
+    # What each input counts for in the loss, a mean: its class weight (a weighted cross-entropy divides by their
+    # sum), else 1. Micro-batches of one step are weighted by their share of the step's total.
+    counted = np.ones(len(targets)) if class_weights is None else class_weights.cpu().numpy()[targets.astype(int)]
     # batch_size is the global batch: the same steps and data order whatever the number of processes
     parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
-    micro_batch = settings.batch_size // parts_per_step
     steps_per_epoch = math.ceil(len(train_inputs) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "stale_epochs": 0}
@@ -199,19 +206,20 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
                disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
     started = time.perf_counter()
     while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
-        batches = bucketed_batches(
-            [len(ids) for ids in train_inputs.input_ids], micro_batch, shuffle=True, seed=settings.seed,
+        steps = bucketed_batches(
+            [len(ids) for ids in train_inputs.input_ids], settings.batch_size, shuffle=True, seed=settings.seed,
             epoch=state["epoch"], bucket_batches=settings.bucket_batches,
         )  # fmt: skip
-        for first in range(0, len(batches), parts_per_step):
+        for step_rows in steps:
             if state["step"] >= total_steps:
                 break
             lr = set_learning_rate(
                 optimizer, settings.learning_rate, learning_rate_factor(state["step"] / total_steps, settings.warmup)
             )
-            share = my_share(batches[first : first + parts_per_step], processes)
+            micro_batches = split_rows(step_rows, parts_per_step)
+            share = my_share(micro_batches, [[counted[rows].sum()] for rows in micro_batches], processes)
             loss_value = 0.0
-            for index, (rows, weight) in enumerate(share):
+            for index, (rows, (weight,)) in enumerate(share):
                 batch = {k: v.to(device) for k, v in collate(train_inputs, rows, tokenizer.pad_token_id).items()}
                 label_dtype = torch.float32 if settings.regression else torch.long
                 batch_labels = torch.as_tensor(targets[rows], dtype=label_dtype, device=device)

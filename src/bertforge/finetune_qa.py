@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 from bertforge.assets import resolve_model_dir
 from bertforge.classify import collate
 from bertforge.config import BertConfig
-from bertforge.data.classification import bucketed_batches
+from bertforge.data.classification import bucketed_batches, split_rows
 from bertforge.data.squad import SquadFile, read_squad, resolve_squad
 from bertforge.distributed import (
     gather_objects,
+    gradient_sync,
     join_processes,
     leave_processes,
     micro_batches_per_step,
@@ -106,7 +107,8 @@ def finetune_qa(settings: QaConfig) -> Path:
         max_length=settings.max_length, doc_stride=settings.doc_stride, max_query_length=settings.max_query_length,
     )  # fmt: skip
     starts, ends = answer_positions(windows, train.examples)
-    parts_per_step = micro_batches_per_step(settings.batch_size, 1, processes)
+    # batch_size is the global batch: the same steps and data order whatever the number of processes
+    parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
     steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_scores": None}
@@ -131,24 +133,30 @@ def finetune_qa(settings: QaConfig) -> Path:
     started = time.perf_counter()
     while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
         lengths = [len(ids) for ids in windows.inputs.input_ids]
-        batches = bucketed_batches(lengths, settings.batch_size // parts_per_step, shuffle=True, seed=settings.seed,
-                                   epoch=state["epoch"], bucket_batches=settings.bucket_batches)  # fmt: skip
-        for first in range(0, len(batches), parts_per_step):
+        steps = bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed, epoch=state["epoch"],
+                                 bucket_batches=settings.bucket_batches)  # fmt: skip
+        for step_rows in steps:
             if state["step"] >= total_steps:
                 break
             lr = set_learning_rate(optimizer, settings.learning_rate,
                                    learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
-            ((rows, weight),) = my_share(batches[first : first + parts_per_step], processes)
-            batch = {k: v.to(device) for k, v in collate(windows.inputs, rows, tokenizer.pad_token_id).items()}
-            with autocast(precision, device):
-                out = model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
-                            end_positions=torch.as_tensor(ends[rows], device=device))  # fmt: skip
-            (out.loss * weight).backward()
+            micro_batches = split_rows(step_rows, parts_per_step)
+            # Every window has its start and end inside it ([CLS] when absent): the loss is a mean over windows.
+            share = my_share(micro_batches, [[len(rows)] for rows in micro_batches], processes)
+            loss_value = 0.0
+            for index, (rows, (weight,)) in enumerate(share):
+                batch = {k: v.to(device) for k, v in collate(windows.inputs, rows, tokenizer.pad_token_id).items()}
+                with gradient_sync(model, last=index == len(share) - 1):
+                    with autocast(precision, device):
+                        out = model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
+                                    end_positions=torch.as_tensor(ends[rows], device=device))  # fmt: skip
+                    (out.loss * weight).backward()
+                loss_value += float(out.loss.detach()) * weight / processes.world_size
             optimizer_step(model, optimizer, settings.max_grad_norm)
             state["step"] += 1
             bar.update(1)
             if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective
-                (loss,) = sum_across([float(out.loss.detach()) * weight / processes.world_size], processes)
+                (loss,) = sum_across([loss_value], processes)
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.4f}")

@@ -40,7 +40,7 @@ from bertforge.distributed import (
     wrap_model,
 )
 from bertforge.errors import BertforgeError
-from bertforge.heads import BertForMaskedLM, BertForPreTraining
+from bertforge.heads import IGNORE_INDEX, BertForMaskedLM, BertForPreTraining
 from bertforge.settings import PretrainConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
@@ -249,20 +249,28 @@ def pretrain(settings: PretrainConfig) -> Path:
                 break  # the epoch is over
             factor = learning_rate_factor(progress_now(), settings.warmup, settings.cooldown)
             lr = set_learning_rate(optimizer, settings.learning_rate, factor)
-            share = my_share(split_batch(batch, parts_per_step), processes)
+            micro_batches = split_batch(batch, parts_per_step)
+            # MLM is a mean over masked tokens, whose number differs between micro-batches; NSP one over examples.
+            counts = [((m["mlm_labels"] != IGNORE_INDEX).sum(), len(m["input_ids"])) for m in micro_batches]
+            share = my_share(micro_batches, counts, processes)
             seen = [0.0] * (len(LOSS_NAMES) + 2)  # this process's part of the step's losses, its tokens, the time
-            for index, (micro_batch_arrays, weight) in enumerate(share):
+            for index, (micro_batch_arrays, (mlm_weight, example_weight)) in enumerate(share):
                 inputs = to_device(micro_batch_arrays, device)
                 with gradient_sync(model, last=index == len(share) - 1):
                     with autocast(precision, device):
                         out = model(**inputs)
-                    loss = out.loss if out.nsp_loss is None else out.mlm_loss + settings.nsp_loss_weight * out.nsp_loss
-                    (loss * weight).backward()
+                    loss = out.mlm_loss * mlm_weight
+                    if out.nsp_loss is not None:
+                        loss = loss + settings.nsp_loss_weight * out.nsp_loss * example_weight
+                    loss.backward()
+                weighted = {
+                    "mlm_loss": float(out.mlm_loss.detach()) * mlm_weight,
+                    "nsp_loss": 0.0 if out.nsp_loss is None else float(out.nsp_loss.detach()) * example_weight,
+                }
+                weighted["loss"] = weighted["mlm_loss"] + weighted["nsp_loss"]  # as the model's `loss`: NSP unweighted
                 for position, name in enumerate(LOSS_NAMES):
-                    value = getattr(out, name)
-                    if value is not None:
-                        seen[position] += float(value.detach()) * weight / processes.world_size
-                seen[-2] += int(micro_batch_arrays["attention_mask"].sum()) if weight else 0
+                    seen[position] += weighted[name] / processes.world_size
+                seen[-2] += int(micro_batch_arrays["attention_mask"].sum()) if example_weight else 0
             # The main process's clock rules: every process must agree on the learning rate and on when to stop.
             seen[-1] = time.perf_counter() - started if processes.is_main else 0.0
             *step_losses, step_tokens, elapsed = sum_across(seen, processes)

@@ -148,6 +148,7 @@ class NerConfig:
     epochs: float = 3.0  # passes over the training data
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # windows per optimizer step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
     bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
     learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
@@ -189,6 +190,7 @@ class QaConfig:
     epochs: float = 2.0  # passes over the training windows
     max_steps: int | None = None  # stop after this many optimizer steps instead
     batch_size: int = 32  # windows per optimizer step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
     bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
     learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly

@@ -20,8 +20,8 @@ that is not JSON, a record with the wrong number of fields) stop reading with a 
 ``path:line``; with ``bad_rows="skip"`` they are left out and listed in :attr:`ClassificationFile.skipped`
 instead. Line numbers are those an editor shows: a CSV record spanning several lines is reported at its first.
 
-:func:`bucketed_batches` cuts examples into batches, optionally of similar length so that little compute goes to
-padding.
+:func:`bucketed_batches` cuts examples into the global batches of training steps, optionally of similar length so
+that little compute goes to padding; :func:`split_rows` cuts one into micro-batches.
 """
 
 from __future__ import annotations
@@ -182,6 +182,11 @@ def bucketed_batches(
     batches of neighbours in length, less padding, but less varied batches (measured on IMDB: 50 cost about 0.2
     accuracy points, see bench/RESULTS.md).
 
+    For training, ``batch_size`` is the global batch of an optimizer step: the batches depend on the lengths,
+    ``seed`` and ``epoch`` only, never on how many processes or accumulation steps share each one out
+    (:func:`split_rows` cuts it into micro-batches). A shuffled batch lists its indices shortest first, so those
+    micro-batches are of neighbouring lengths too.
+
     Without ``shuffle`` (evaluation and prediction) all indices are sorted by length, longest first, so a batch
     too large for memory fails at once rather than at the end of a long run; ties keep their input order. One batch
     at most is smaller than ``batch_size``: the last, or with ``shuffle`` the one cut from the end of the last chunk.
@@ -204,6 +209,15 @@ def bucketed_batches(
         members = members[np.argsort(sizes[members], kind="stable")]
         batches.extend(members[start : start + batch_size].tolist() for start in range(0, len(members), batch_size))
     return [batches[i] for i in generator.permutation(len(batches))]
+
+
+def split_rows(rows: Sequence[int] | np.ndarray, parts: int) -> list[np.ndarray]:
+    """The rows of one global batch as ``parts`` micro-batches of near-equal size, in order, empty ones left out.
+
+    The micro-batches of an optimizer step, for processes × accumulation steps: a step of 5 rows in 2 parts is
+    rows 0-2 and 3-4, and in 8 parts five micro-batches of one row.
+    """
+    return [part for part in np.array_split(np.asarray(rows, dtype=np.int64), parts) if part.size]
 
 
 # ---- reading rows ------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertforge.data.classification import split_rows
 from bertforge.data.masking import MaskingConfig, mask_tokens
 from bertforge.data.shard_reader import ShardedCorpus
 from bertforge.errors import BertforgeError
@@ -253,9 +254,8 @@ def split_batch(batch: dict[str, np.ndarray], parts: int) -> list[dict[str, np.n
     """Rows of a batch in ``parts`` micro-batches of near-equal size (empty ones left out), each trimmed to its
     own longest example: the micro-batches of one optimizer step, for gradient accumulation and processes."""
     micro_batches = []
-    for rows in np.array_split(np.arange(len(batch["input_ids"])), parts):
-        if rows.size:
-            width = int(batch["attention_mask"][rows].sum(axis=1).max())
-            micro_batches.append({name: array[rows, :width] if array.ndim == 2 else array[rows]
-                                  for name, array in batch.items()})  # fmt: skip
+    for rows in split_rows(np.arange(len(batch["input_ids"])), parts):
+        width = int(batch["attention_mask"][rows].sum(axis=1).max())
+        micro_batches.append({name: array[rows, :width] if array.ndim == 2 else array[rows]
+                              for name, array in batch.items()})  # fmt: skip
     return micro_batches
