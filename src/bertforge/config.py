@@ -73,6 +73,10 @@ class BertConfig:
     initializer_range: float = 0.02  # std of the normal initialisation of weights
     pad_token_id: int = 0  # id of [PAD]; its embedding starts at zero and receives no gradient
     attention_implementation: str = "sdpa"  # "sdpa" (fused kernel) or "reference" (written out step by step)
+    # What a sequence classifier reads: "cls", BERT's pooled [CLS] vector, or "mean", the mean of the last layer's
+    # token vectors. MLM-only pretraining never trains [CLS] or the pooler, so the mean is what such a model offers
+    # (bench/RESULTS.md). transformers' BertForSequenceClassification knows only "cls" and ignores this field.
+    classifier_pooling: str = "cls"
     id2label: dict[int, str] = field(default_factory=dict)  # task heads: class index -> label name
     label2id: dict[str, int] = field(default_factory=dict)  # task heads: label name -> class index
 
@@ -105,6 +109,8 @@ class BertConfig:
                 raise BertforgeError(f"config field {name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.hidden_act not in ACTIVATIONS:
             raise BertforgeError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
+        if self.classifier_pooling not in ("cls", "mean"):
+            raise BertforgeError(f"classifier_pooling must be cls or mean, got {self.classifier_pooling!r}")
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise BertforgeError(
                 f"attention_implementation {self.attention_implementation!r} is not one of {ATTENTION_IMPLEMENTATIONS}"

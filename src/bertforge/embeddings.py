@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from bertforge.classify import collate, encode_texts, length_sorted_batches
 from bertforge.errors import BertforgeError
+from bertforge.heads import mean_over_tokens
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import autocast, pick_precision
@@ -83,8 +84,7 @@ def embed_texts(
         with autocast(precision, device):
             out = model(**batch)
         if pooling == "mean":
-            weights = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
-            pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1)  # (B, H)
+            pooled = mean_over_tokens(out.last_hidden_state, batch["attention_mask"])  # (B, H)
         elif pooling == "cls":
             pooled = out.last_hidden_state[:, 0]
         else:

@@ -154,18 +154,22 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
         if data is not None:
             report_skipped(data)
     names = ["value"] if settings.regression else train.label_names
-    label_config = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    head_config = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    if settings.classifier_pooling is not None:
+        head_config["classifier_pooling"] = settings.classifier_pooling
+    if settings.dropout is not None:
+        head_config.update(hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout)
     base = BertConfig.load(model_dir)
-    if base.id2label and base.id2label != label_config["id2label"] and not settings.resume:
+    if base.id2label and base.id2label != head_config["id2label"] and not settings.resume:
         log.info("%s was trained for labels %s; a new head is made for %s", model_dir, base.id2label, names)
     checkpoint = checkpoint_to_resume(run_dir, settings.resume)
     start_dir = checkpoint or model_dir
     if checkpoint is None and settings.random_init:  # the from-scratch baseline that measures pretraining's worth
-        model = BertForSequenceClassification(dataclasses.replace(base, **label_config))
-    elif checkpoint is None and base.id2label and base.id2label != label_config["id2label"]:
-        model = _fresh_head_model(model_dir, label_config)
+        model = BertForSequenceClassification(dataclasses.replace(base, **head_config))
+    elif checkpoint is None and base.id2label and base.id2label != head_config["id2label"]:
+        model = _fresh_head_model(model_dir, head_config)
     else:
-        model = BertForSequenceClassification.from_pretrained(start_dir, **label_config)
+        model = BertForSequenceClassification.from_pretrained(start_dir, **head_config)
     model.to(device).train()
     settings = with_learning_rate(settings, base.hidden_size)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
@@ -288,10 +292,10 @@ def print_report(scores: dict[str, Any], names: list[str], regression: bool, tit
     print("  " + format_confusion_matrix(np.asarray(scores["confusion_matrix"]), names).replace("\n", "\n  "))
 
 
-def _fresh_head_model(model_dir: Path, label_config: dict) -> BertForSequenceClassification:
+def _fresh_head_model(model_dir: Path, head_config: dict) -> BertForSequenceClassification:
     """A model whose classifier differs in shape from the checkpoint's: load the encoder, make a new head."""
     encoder = BertModel.from_pretrained(model_dir)
-    model = BertForSequenceClassification(dataclasses.replace(encoder.config, **label_config))
+    model = BertForSequenceClassification(dataclasses.replace(encoder.config, **head_config))
     model.bert.load_state_dict(encoder.state_dict())
     return model
 

@@ -228,8 +228,17 @@ class SequenceClassifierOutput:
     loss: Tensor | None = None  # cross-entropy (classes) or mean-squared error (regression), when labels given
 
 
+def mean_over_tokens(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """(B, H) mean of (B, T, H) ``hidden`` over the real tokens that (B, T) ``attention_mask`` marks."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
 class BertForSequenceClassification(BertPreTrainedModel):
-    """Text or sentence-pair classification: dropout + linear over the pooled [CLS] vector (BERT, section 4.1).
+    """Text or sentence-pair classification: dropout + linear over the pooled [CLS] vector (BERT, section 4.1),
+    or over the mean of the token vectors when ``config.classifier_pooling`` is "mean".
 
     ``config.id2label`` sets the classes; a single label means regression (mean-squared error on a float).
     """
@@ -256,7 +265,11 @@ class BertForSequenceClassification(BertPreTrainedModel):
     ) -> SequenceClassifierOutput:
         """Args as :meth:`BertModel.forward`, plus (B,) ``labels`` (class ids, or floats for regression) and
         optional (num_labels,) ``class_weights`` that up-weight rare classes in the loss."""
-        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, H)
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        if self.config.classifier_pooling == "mean":
+            pooled = mean_over_tokens(out.last_hidden_state, attention_mask)  # (B, H)
+        else:
+            pooled = out.pooler_output  # (B, H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:

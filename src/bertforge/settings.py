@@ -87,6 +87,8 @@ class FinetuneConfig:
     label_column: str = "label"  # column with the label: names or integers (classes) or numbers (regression)
     regression: bool = False  # predict a number (mean-squared error) instead of a class
     random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
+    classifier_pooling: str | None = None  # "cls" or "mean" token vectors; unset: the model's config.json says
+    dropout: float | None = None  # sets both dropout rates of the model; unset: the model's config.json says
     bad_rows: str = "fail"  # fail: stop at the first bad row; skip: skip bad rows and report how many
     max_length: int = 128  # tokens per input, [CLS]/[SEP] included
     long_text: str = "truncate"  # truncate, or window: overlapping windows whose logits are averaged
@@ -121,6 +123,10 @@ class FinetuneConfig:
             )
         if self.bad_rows not in ("fail", "skip"):
             raise BertforgeError(f"bad_rows must be fail or skip, got {self.bad_rows!r}")
+        if self.classifier_pooling not in (None, "cls", "mean"):
+            raise BertforgeError(f"classifier_pooling must be cls or mean, got {self.classifier_pooling!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise BertforgeError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.long_text not in ("truncate", "window"):
             raise BertforgeError(f"long_text must be truncate or window, got {self.long_text!r}")
         metrics = ("pearson", "spearman") if self.regression else ("accuracy", "macro_f1", "matthews_corrcoef")
