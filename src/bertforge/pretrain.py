@@ -75,7 +75,7 @@ def model_config(settings: PretrainConfig, vocab_size: int) -> BertConfig:
         raise BertforgeError(f"{settings.model}: vocab_size {config.vocab_size} but the tokenizer has {vocab_size}")
     if settings.attention_heads is not None:
         config = dataclasses.replace(config, num_attention_heads=settings.attention_heads)
-    config = dataclasses.replace(config, **dropout_overrides(settings))
+    config = dataclasses.replace(config, **config_overrides(settings))
     if settings.max_seq_length > config.max_position_embeddings:
         raise BertforgeError(
             f"max_seq_length {settings.max_seq_length} exceeds the model's {config.max_position_embeddings} positions"
@@ -83,17 +83,22 @@ def model_config(settings: PretrainConfig, vocab_size: int) -> BertConfig:
     return config
 
 
-def dropout_overrides(settings: PretrainConfig) -> dict[str, float]:
-    """The config fields ``dropout`` sets, for a new model and a loaded one alike (none when it is unset)."""
-    if settings.dropout is None:
-        return {}
-    return {"hidden_dropout_prob": settings.dropout, "attention_probs_dropout_prob": settings.dropout}
+def config_overrides(settings: PretrainConfig) -> dict[str, float | str]:
+    """The config fields ``dropout`` and ``classifier_pooling`` set, for a new model and a loaded one alike (none
+    when they are unset)."""
+    overrides: dict[str, float | str] = {}
+    if settings.dropout is not None:
+        overrides.update(hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout)
+    if settings.classifier_pooling is not None:
+        overrides["classifier_pooling"] = settings.classifier_pooling
+    return overrides
 
 
 def load_start_model(architecture: type[ModelT], folder: str | Path, settings: PretrainConfig) -> ModelT:
-    """The model of a checkpoint or ``init_from`` folder, with ``dropout`` applied. A head count is part of the
-    saved model, so an ``attention_heads`` that differs from it is an error rather than silently ignored."""
-    model = architecture.from_pretrained(folder, **dropout_overrides(settings))
+    """The model of a checkpoint or ``init_from`` folder, with ``dropout`` and ``classifier_pooling`` applied.
+    A head count is part of the saved model, so an ``attention_heads`` that differs from it is an error rather
+    than silently ignored."""
+    model = architecture.from_pretrained(folder, **config_overrides(settings))
     saved_heads = model.config.num_attention_heads
     if settings.attention_heads is not None and settings.attention_heads != saved_heads:
         raise BertforgeError(

