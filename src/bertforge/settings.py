@@ -91,7 +91,9 @@ class FinetuneConfig:
     regression: bool = False  # predict a number (mean-squared error) instead of a class
     random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     classifier_pooling: str | None = None  # "cls" or "mean" token vectors; unset: the model's config.json says
-    dropout: float | None = None  # sets both dropout rates of the model; unset: the model's config.json says
+    # Both dropout rates while fine-tuning: BERT's 0.1 (Devlin et al., 2019), also for models pretrained without
+    # dropout, as Cramming does (Geiping & Goldstein, 2022); null keeps the model's config.json values.
+    dropout: float | None = 0.1
     bad_rows: str = "fail"  # fail: stop at the first bad row; skip: skip bad rows and report how many
     max_length: int = 128  # tokens per input, [CLS]/[SEP] included
     long_text: str = "truncate"  # truncate, or window: overlapping windows whose logits are averaged
