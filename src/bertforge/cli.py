@@ -66,7 +66,7 @@ def embed(
     batch_size: int = 32,
     max_length: int = 512,
     normalize: bool = False,
-    precision: str = "auto",
+    precision: str = "fp32",
     quantize: str = "none",
 ) -> None:
     """Turn a text file (one text per line) into a NumPy array of sentence vectors, one row per line.
@@ -381,7 +381,7 @@ def predict(
     max_length: int = 0,
     long_text: str = "auto",
     batch_size: int = 32,
-    precision: str = "auto",
+    precision: str = "fp32",
     quantize: str = "none",
 ) -> None:
     """Run a fine-tuned model on new inputs: one JSON object per input line, in input order.
