@@ -136,10 +136,12 @@ def test_cli_pretrain_then_fill_mask(shards, tmp_path, capsys):
     config = tmp_path / "pretrain.yaml"
     config.write_text(f"data: {shards}\nmodel: tiny\nmax_seq_length: 64\nbatch_size: 8\nprogress: false\n")
     out = tmp_path / "run"
-    options = ["--out", str(out), "--max-steps", "2", "--precision", "fp32", "--attention-init", "mimetic"]
+    options = ["--out", str(out), "--max-steps", "2", "--precision", "fp32", "--attention-init", "mimetic",
+               "--embedding-init", "ppmi", "--classifier-pooling", "mean"]  # fmt: skip
     assert main(["pretrain", "--config", str(config), *options, "--attention-heads", "4", "--cooldown", "0.5"]) == 0
     assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in (out / "model").iterdir()}
-    assert json.loads((out / "model" / "config.json").read_text())["num_attention_heads"] == 4
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["num_attention_heads"] == 4 and saved["classifier_pooling"] == "mean"
     assert (
         main(["fill-mask", "--model", str(out / "model"), "--text", "The ship sailed into the [MASK].", "--top-k", "3"])
         == 0
@@ -155,6 +157,8 @@ def test_unknown_setting_and_missing_stop_are_errors(shards, tmp_path, capsys):
     assert "say when to stop" in capsys.readouterr().err
     assert main(["pretrain", "--data", str(shards), "--max-steps", "3", "--attention-init", "xavier"]) == 2
     assert "attention_init 'xavier' is not one of bert, mimetic" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(shards), "--max-steps", "3", "--embedding-init", "glove"]) == 2
+    assert "embedding_init 'glove' is not one of bert, ppmi" in capsys.readouterr().err
     assert main(["pretrain", "--data", str(shards), "--max-steps", "3", "--cooldown", "0"]) == 2
     assert "cooldown 0.0 must be a share of training in (0, 1]" in capsys.readouterr().err
     assert (

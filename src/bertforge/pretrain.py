@@ -24,6 +24,7 @@ from bertforge.config import PRESETS, BertConfig
 from bertforge.data.examples import PretrainingExamples, SpecialIds, split_batch
 from bertforge.data.masking import MaskingConfig
 from bertforge.data.shard_reader import ShardedCorpus, check_tokenizer
+from bertforge.data.word_vectors import ppmi_svd_vectors
 from bertforge.distributed import (
     gather_objects,
     gradient_sync,
@@ -109,6 +110,22 @@ def load_start_model(architecture: type[ModelT], folder: str | Path, settings: P
     return model
 
 
+EMBEDDING_INIT_TOKENS = 50_000_000  # co-occurrence counts from at most this many corpus tokens (~1 minute)
+
+
+def start_word_embeddings_from_corpus(model: BertForPreTraining | BertForMaskedLM, corpus: ShardedCorpus) -> None:
+    """Replace the word embeddings of tokens that occur in ``corpus`` by PPMI-SVD vectors
+    (:func:`~bertforge.data.word_vectors.ppmi_svd_vectors`), scaled to the table's own root mean square so the
+    embedding sum keeps BERT's proportions; the others (special tokens, unused pieces) keep their random start."""
+    table = model.bert.embeddings.word.weight  # (V, H)
+    tokens = np.asarray(corpus.tokens(0, min(corpus.num_tokens, EMBEDDING_INIT_TOKENS)))
+    vectors = torch.from_numpy(ppmi_svd_vectors(tokens, table.shape[0], table.shape[1]))  # (V, H)
+    seen = vectors.abs().sum(1) > 0  # (V,)
+    with torch.no_grad():
+        scale = table[seen].pow(2).mean().sqrt() / vectors[seen].pow(2).mean().sqrt()
+        table[seen] = (vectors[seen] * scale).to(table.dtype)
+
+
 def make_examples(settings: PretrainConfig, corpus: ShardedCorpus, tokenizer: BertTokenizer) -> PretrainingExamples:
     vocab = tokenizer.get_vocab()
     # Random replacements are ordinary tokens only: never [CLS]/[SEP]/[PAD]/[MASK]/[UNK] nor [unusedN].
@@ -185,6 +202,7 @@ def pretrain(settings: PretrainConfig) -> Path:
                     settings.eval_batches) for micro_batch in split_batch(batch, parts_per_step)]  # fmt: skip
 
     architecture = BertForPreTraining if settings.next_sentence_prediction else BertForMaskedLM
+    setup_seconds = 0.0
     checkpoint = latest_checkpoint(run_dir) if settings.resume else None
     if settings.resume and checkpoint is None:
         log.info("%s has no checkpoint yet; starting from scratch", run_dir)
@@ -194,10 +212,15 @@ def pretrain(settings: PretrainConfig) -> Path:
         model = architecture(model_config(settings, len(tokenizer)))
         if settings.attention_init == "mimetic":
             model.mimetic_attention_init()
+        if settings.embedding_init == "ppmi":
+            began = time.perf_counter()
+            start_word_embeddings_from_corpus(model, train_corpus)
+            setup_seconds = time.perf_counter() - began  # part of a time budget: it replaces steps
+            log.info("word embeddings started from co-occurrence vectors in %.1f s", setup_seconds)
     model = wrap_model(model.to(device).train(), processes, device, settings.strategy)
     betas = (settings.adam_beta1, settings.adam_beta2)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay, betas, settings.adam_epsilon)
-    step, epoch, batch_in_epoch, elapsed, tokens_seen = 0, 0, 0, 0.0, 0
+    step, epoch, batch_in_epoch, elapsed, tokens_seen = 0, 0, 0, setup_seconds, 0
     if checkpoint is not None:
         state = load_training_state(checkpoint, optimizer, model)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]

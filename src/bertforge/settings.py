@@ -39,6 +39,7 @@ class PretrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
     classifier_pooling: str | None = None  # saved in the model's config: what classifiers fine-tuned from it read
+    embedding_init: str = "bert"  # bert: N(0, 0.02); ppmi: word vectors from the corpus's co-occurrences (seconds)
     attention_init: str = "bert"  # bert: N(0, 0.02); mimetic: query·key ≈ identity at the start (learns sooner)
     strategy: str = "ddp"  # under torchrun: "ddp" (a model copy per process) or "fsdp" (parameters sharded)
     low_memory: bool = False  # give freed activations back to the system: ~30% lower peak RSS on CPU, ~15% slower
@@ -70,6 +71,8 @@ class PretrainConfig:
             raise BertforgeError(f"cooldown {self.cooldown} must be a share of training in (0, 1]")
         if self.classifier_pooling not in (None, "cls", "mean"):
             raise BertforgeError(f"classifier_pooling must be cls or mean, got {self.classifier_pooling!r}")
+        if self.embedding_init not in ("bert", "ppmi"):
+            raise BertforgeError(f"embedding_init {self.embedding_init!r} is not one of bert, ppmi")
         if self.attention_init not in ("bert", "mimetic"):
             raise BertforgeError(f"attention_init {self.attention_init!r} is not one of bert, mimetic")
         if self.strategy not in ("ddp", "fsdp"):
