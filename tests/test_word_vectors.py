@@ -58,6 +58,6 @@ def test_pretraining_starts_seen_words_from_the_vectors_and_keeps_the_rest(tmp_p
     after = model.bert.embeddings.word.weight.detach()
     torch.testing.assert_close(after[99], before[99])  # never in the corpus: its random start stays
     assert not torch.allclose(after[10:15], before[10:15])
-    assert cosine(after[10].numpy(), after[11].numpy()) > 0.8 > 0.2 > cosine(after[10].numpy(), after[20].numpy())
+    assert cosine(after[10].numpy(), after[11].numpy()) > 0.6 > 0.2 > cosine(after[10].numpy(), after[20].numpy())
     seen = after[10:60]
     assert abs(float(seen.pow(2).mean().sqrt()) - float(before.pow(2).mean().sqrt())) < 0.005  # BERT's scale kept

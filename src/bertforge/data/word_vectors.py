@@ -43,4 +43,5 @@ def ppmi_svd_vectors(tokens: np.ndarray, vocab_size: int, dim: int, window: int 
     torch.random.set_rng_state(generator_state)
     vectors = np.zeros((vocab_size, dim), dtype=np.float32)
     vectors[:, : S.numel()] = (U * S.sqrt()).numpy()
+    vectors[frequency == 0] = 0.0  # the random projection leaves rounding noise in rows that have no counts
     return vectors
