@@ -109,8 +109,7 @@ class BertConfig:
                 raise BertforgeError(f"config field {name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.hidden_act not in ACTIVATIONS:
             raise BertforgeError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
-        if self.classifier_pooling not in ("cls", "mean"):
-            raise BertforgeError(f"classifier_pooling must be cls or mean, got {self.classifier_pooling!r}")
+        check_classifier_pooling(self.classifier_pooling)
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise BertforgeError(
                 f"attention_implementation {self.attention_implementation!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
@@ -194,6 +193,15 @@ PRESETS: dict[str, tuple[int, int]] = {
     "base": (12, 768),
     "large": (24, 1024),
 }
+
+
+CLASSIFIER_POOLINGS = ("cls", "mean")  # what a sequence classifier reads: the pooled [CLS] vector, or the token mean
+
+
+def check_classifier_pooling(value: str | None, unset_allowed: bool = False) -> None:
+    """Raise :class:`BertforgeError` unless ``value`` is one of :data:`CLASSIFIER_POOLINGS` (or None, if allowed)."""
+    if not (value in CLASSIFIER_POOLINGS or (unset_allowed and value is None)):
+        raise BertforgeError(f"classifier_pooling must be {' or '.join(CLASSIFIER_POOLINGS)}, got {value!r}")
 
 
 def _check_hf_options(data: dict[str, Any], source: str) -> None:

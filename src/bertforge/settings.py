@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bertforge.config import check_classifier_pooling
 from bertforge.errors import BertforgeError
 
 
@@ -69,8 +70,7 @@ class PretrainConfig:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
         if not 0.0 < self.cooldown <= 1.0:
             raise BertforgeError(f"cooldown {self.cooldown} must be a share of training in (0, 1]")
-        if self.classifier_pooling not in (None, "cls", "mean"):
-            raise BertforgeError(f"classifier_pooling must be cls or mean, got {self.classifier_pooling!r}")
+        check_classifier_pooling(self.classifier_pooling, unset_allowed=True)
         if self.embedding_init not in ("bert", "ppmi"):
             raise BertforgeError(f"embedding_init {self.embedding_init!r} is not one of bert, ppmi")
         if self.attention_init not in ("bert", "mimetic"):
@@ -131,8 +131,7 @@ class FinetuneConfig:
             )
         if self.bad_rows not in ("fail", "skip"):
             raise BertforgeError(f"bad_rows must be fail or skip, got {self.bad_rows!r}")
-        if self.classifier_pooling not in (None, "cls", "mean"):
-            raise BertforgeError(f"classifier_pooling must be cls or mean, got {self.classifier_pooling!r}")
+        check_classifier_pooling(self.classifier_pooling, unset_allowed=True)
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise BertforgeError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.long_text not in ("truncate", "window"):
