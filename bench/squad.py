@@ -51,8 +51,8 @@ def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict
     import transformers
 
     from bertforge.assets import fetch
-    from bertforge.classify import collate
     from bertforge.data.squad import read_squad, resolve_squad
+    from bertforge.inference import collate
     from bertforge.qa import answer_positions, encode_questions, predict_answers
     from bertforge.squad_metrics import squad_scores
     from bertforge.tokenizer import BertTokenizer

@@ -9,9 +9,10 @@ import torch
 import transformers
 
 from bertforge import BertConfig, BertModel
-from bertforge.classify import collate, encode_texts, predict_logits
+from bertforge.classify import encode_texts, predict_logits
 from bertforge.cli import main
 from bertforge.heads import BertForSequenceClassification
+from bertforge.inference import collate
 from bertforge.pipelines import pipeline
 from bertforge.settings import FinetuneConfig
 from bertforge.tokenizer import train_tokenizer
@@ -91,7 +92,7 @@ def test_finetune_evaluate_predict_round_trip(workspace, tmp_path, capsys):
     assert json.loads((out / "model" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
     assert (out / "curves.png").is_file()
     classify = pipeline("sentiment-analysis", model=out / "model")
-    assert (classify.max_length, classify.long_text) == (32, "truncate")  # as fine-tuned, not the tokenizer's 512
+    assert (classify.settings.max_length, classify.settings.long_text) == (32, "truncate")  # as fine-tuned
     capsys.readouterr()
 
     assert main(["evaluate", "--model", str(out / "model"), "--data", str(workspace / "dev.csv")]) == 0
@@ -179,14 +180,15 @@ def test_pipeline_cuts_texts_as_the_fine_tuning_run_did_unless_told_otherwise(wo
     BertForSequenceClassification.from_pretrained(workspace / "encoder", id2label={0: "neg", 1: "pos"},
                                                   label2id={"neg": 0, "pos": 1}).save_pretrained(folder)  # fmt: skip
     (folder / "vocab.txt").write_bytes((workspace / "encoder" / "vocab.txt").read_bytes())
-    untold = pipeline("text-classification", model=folder)  # no run: the tokenizer's 512, cut to 64 positions
-    assert (untold.max_length, untold.long_text) == (64, "truncate")
+    untold = pipeline("text-classification", model=folder)  # no run: the recipe's 128, cut to 64 positions
+    assert (untold.settings.max_length, untold.settings.long_text) == (64, "truncate")
     run = {"max_length": 24, "long_text": "window", "window_stride": 8, "learning_rate": 1e-3}
     (tmp_path / "finetune_config.json").write_text(json.dumps(run))
     classify = pipeline("text-classification", model=folder)
-    assert (classify.max_length, classify.long_text, classify.stride) == (24, "window", 8)
+    settings = classify.settings
+    assert (settings.max_length, settings.long_text, settings.window_stride) == (24, "window", 8)
     told = pipeline("text-classification", model=folder, max_length=16, long_text="truncate")
-    assert (told.max_length, told.long_text) == (16, "truncate")
+    assert (told.settings.max_length, told.settings.long_text) == (16, "truncate")
 
 
 def test_long_texts_are_windowed_and_logits_averaged(workspace):

@@ -8,9 +8,8 @@ import torch
 
 from bertforge import BertConfig, BertModel
 from bertforge.cli import main
-from bertforge.data.tagging import TaggedSentence
-from bertforge.finetune_ner import encode_sentences, window_labels
 from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
+from bertforge.ner import encode_sentences, window_labels
 from bertforge.tokenizer import train_tokenizer
 
 FIRST = "anna boris chen dmitri elena farah".split()
@@ -61,7 +60,7 @@ def test_each_word_has_exactly_one_labelled_first_piece(ner_workspace):
 
     tokenizer = BertTokenizer.from_pretrained(ner_workspace / "encoder")
     words = ["U.S.", "visited", "Oslo", "quito-delhi"]
-    encoded = encode_sentences(tokenizer, [TaggedSentence(words, ["B-LOC", "O", "B-LOC", "B-LOC"], 1)], 64, 8)
+    encoded = encode_sentences(tokenizer, [words], 64, 8)
     firsts = encoded.first_piece_of[0]
     assert sorted(firsts[firsts >= 0].tolist()) == [0, 1, 2, 3]  # one first piece per word, however it splits
     assert (encoded.word_of[0] == 0).sum() > 1  # "U.S." became several pieces
@@ -76,7 +75,7 @@ def test_long_sentences_are_windowed_and_every_word_is_labelled_once(ner_workspa
 
     tokenizer = BertTokenizer.from_pretrained(ner_workspace / "encoder")
     words = (FIRST + LAST + PLACES) * 4
-    encoded = encode_sentences(tokenizer, [TaggedSentence(words, ["O"] * len(words), 1)], 24, 6)
+    encoded = encode_sentences(tokenizer, [words], 24, 6)
     assert len(encoded.inputs) > 3
     seen = np.concatenate([f[f >= 0] for f in encoded.first_piece_of])
     assert set(seen.tolist()) == set(range(len(words)))  # overlap repeats some words, none is lost

@@ -283,100 +283,66 @@ def evaluate(
     Classifiers: a CSV/TSV/JSONL file or a catalogue split such as rotten_tomatoes:test; prints accuracy,
     macro-F1 and MCC (Pearson and Spearman for regression) and the confusion matrix. Taggers: a CoNLL file or
     msra_ner:test; prints entity precision, recall and F1 per type. Question answering: a SQuAD JSON file or
-    squad_v1:dev; prints exact match and F1.
+    squad_v1:dev; prints exact match and F1. Inputs are cut (and answers chosen) with the settings of the model's
+    fine-tuning run, as `predict` does.
     """
-    architecture = _architecture(model)
-    if architecture == "BertForQuestionAnswering":
-        _evaluate_qa(model, data, max_length, precision, quantize)
-        return
-    if architecture == "BertForTokenClassification":
-        _evaluate_ner(model, data, max_length, precision, quantize)
-        return
-    from bertforge.finetune import evaluate_model, print_report, read_split
-    from bertforge.heads import BertForSequenceClassification
-    from bertforge.pipelines import fine_tuned_text_settings
-    from bertforge.quantize import inference_device, quantize_encoder
-    from bertforge.settings import FinetuneConfig
-    from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_precision
-
-    name, _, split = data.partition(":")
-    classifier = quantize_encoder(BertForSequenceClassification.from_pretrained(model), quantize)
-    labels = [classifier.config.id2label[i] for i in range(len(classifier.config.id2label))]
-    regression = classifier.num_labels == 1
-    trained = fine_tuned_text_settings(model)  # cut texts as the fine-tuning run did, unless told otherwise
-    settings = FinetuneConfig(
-        model=model, train=name, dev=name, test=name, text_column=text_column, regression=regression,
-        text_pair_column=text_pair_column or None, label_column=label_column, bad_rows=bad_rows,
-        max_length=max_length or trained.get("max_length", 128),
-        long_text=trained.get("long_text", "truncate") if long_text == "auto" else long_text,
-        window_stride=trained.get("window_stride", FinetuneConfig.window_stride),
-    )  # fmt: skip
-    file = read_split(settings, split or "test", None if regression else labels)
-    device = inference_device(quantize)
-    tokenizer = BertTokenizer.from_pretrained(model)
-    scores = evaluate_model(classifier.to(device), tokenizer, file, settings, device, pick_precision(precision, device))
-    print_report(scores, labels, regression, title=str(file.path))
-
-
-def _run_settings(settings_class: type, model: str, name: str, file: str) -> Any:
-    """The settings the model's fine-tuning run saved next to its model/ folder (defaults when there are none)."""
     import dataclasses
-    import json
 
-    saved = Path(model).parent / file
-    fields = {f.name for f in dataclasses.fields(settings_class)}
-    known = json.loads(saved.read_text()) if saved.is_file() else {}
-    return settings_class(**{**{k: v for k, v in known.items() if k in fields}, "model": model, "train": name})
+    from bertforge.pipelines import pipeline
 
-
-def _evaluate_qa(model: str, data: str, max_length: int, precision: str, quantize: str) -> None:
-    """Exact match and F1, windows and post-processing set as in the model's fine-tuning run when it is known."""
-    from bertforge.data.squad import read_squad, resolve_squad
-    from bertforge.finetune_qa import evaluate_qa
-    from bertforge.heads import BertForQuestionAnswering
-    from bertforge.quantize import inference_device, quantize_encoder
-    from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_precision
-
+    architecture = _architecture(model)
     name, _, split = data.partition(":")
-    squad = read_squad(resolve_squad(name, split or "dev"))
-    device = inference_device(quantize)
-    reader = quantize_encoder(BertForQuestionAnswering.from_pretrained(model), quantize).to(device)
-    settings = _run_settings(QaConfig, model, name, "qa_config.json")
-    if max_length:
-        settings.max_length, settings.doc_stride = max_length, min(settings.doc_stride, max_length // 4)
-    tokenizer, precision = BertTokenizer.from_pretrained(model), pick_precision(precision, device)
-    scores, _ = evaluate_qa(reader, tokenizer, squad, settings, device, precision)
-    print(f"{data}: exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} on {scores['questions']} questions")
+    options = {"max_length": max_length or None, "precision": precision, "quantize": quantize}
+    if architecture == "BertForQuestionAnswering":
+        from bertforge.data.squad import read_squad, resolve_squad
+        from bertforge.finetune_qa import evaluate_qa
+
+        reader = pipeline("question-answering", model=model, **options)
+        squad = read_squad(resolve_squad(name, split or "dev"))
+        scores, _ = evaluate_qa(reader.model, reader.tokenizer, squad, reader.settings, reader.device, reader.precision)
+        print(f"{data}: exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} on {scores['questions']} "
+              "questions")  # fmt: skip
+    elif architecture == "BertForTokenClassification":
+        from bertforge.finetune_ner import evaluate_tagger, read_bio
+
+        tagger = pipeline("ner", model=model, **options)
+        sentences, _ = read_bio(name, split or "test", tagger.settings, None)
+        scores = evaluate_tagger(tagger.model, tagger.tokenizer, sentences, tagger.settings, tagger.device,
+                                 tagger.precision)  # fmt: skip
+        print(f"{data}: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall "
+              f"{scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
+        for kind, by_type in scores["per_type"].items():
+            print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
+    else:
+        from bertforge.finetune import evaluate_model, print_report, read_split
+
+        classify = pipeline("text-classification", model=model, long_text=None if long_text == "auto" else long_text,
+                            **options)  # fmt: skip
+        regression = classify.model.num_labels == 1
+        settings = dataclasses.replace(
+            classify.settings, train=name, dev=name, test=name, text_column=text_column, label_column=label_column,
+            text_pair_column=text_pair_column or None, regression=regression, bad_rows=bad_rows,
+        )  # fmt: skip
+        file = read_split(settings, split or "test", None if regression else classify.labels)
+        scores = evaluate_model(classify.model, classify.tokenizer, file, settings, classify.device, classify.precision)
+        print_report(scores, classify.labels, regression, title=str(file.path))
 
 
-def _evaluate_ner(model: str, data: str, max_length: int, precision: str, quantize: str) -> None:
-    from bertforge.finetune_ner import evaluate_tagger, read_bio
-    from bertforge.heads import BertForTokenClassification
-    from bertforge.quantize import inference_device, quantize_encoder
-    from bertforge.tokenizer import BertTokenizer
-    from bertforge.train import pick_precision
-
-    name, _, split = data.partition(":")
-    settings = _run_settings(NerConfig, model, name, "ner_config.json")
-    if max_length:
-        settings.max_length, settings.window_stride = max_length, min(settings.window_stride, max_length // 4)
-    sentences, _ = read_bio(name, split or "test", settings, None)
-    device = inference_device(quantize)
-    tagger = quantize_encoder(BertForTokenClassification.from_pretrained(model), quantize).to(device)
-    tokenizer, precision = BertTokenizer.from_pretrained(model), pick_precision(precision, device)
-    scores = evaluate_tagger(tagger, tokenizer, sentences, settings, device, precision)
-    print(f"{data}: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall "
-          f"{scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
-    for kind, by_type in scores["per_type"].items():
-        print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
+INPUT_FORMATS = {  # what `predict` reads for each head; the first is the default for standard input
+    "BertForSequenceClassification": ("text", "jsonl"),
+    "BertForTokenClassification": ("text", "conll", "jsonl"),
+    "BertForQuestionAnswering": ("jsonl", "squad"),
+}
+INPUT_CHOICES = ("text", "jsonl", "conll", "squad")
+FORMAT_OF_SUFFIX = {".jsonl": "jsonl", ".json": "squad", ".conll": "conll", ".bio": "conll", ".iob": "conll"}
 
 
 def predict(
     model: str,
     input: str = "-",
     output: str = "-",
+    input_format: str = "auto",
+    ner_output: str = "entities",
     top_k: int = 1,
     max_length: int = 0,
     long_text: str = "auto",
@@ -384,39 +350,53 @@ def predict(
     precision: str = "fp32",
     quantize: str = "none",
 ) -> None:
-    """Run a fine-tuned model on new inputs: one JSON object per input line, in input order.
+    """Run a fine-tuned model on new inputs: one JSON object per input, in input order.
 
-    Classifiers: input lines are plain texts, or (for .jsonl input) objects with "text" and optional "text_pair";
-    output objects carry "label" and "score" of the best class, plus "scores" (best first) with --top-k above 1.
-    Taggers: input lines are texts; output objects carry "text" and "entities" (type, score, word, start, end).
-    Question answering: .jsonl input with "question" and "context"; output objects carry "answer", "score",
-    "start" and "end" (--top-k above 1: "answers", best first). "-" means standard input / output.
+    Inputs are cut (and answers chosen) with the settings of the model's fine-tuning run, as `evaluate` does, so
+    both give the same answers. --input-format auto goes by the file name: .jsonl, .json (SQuAD), .conll/.bio/.iob
+    (CoNLL), plain text otherwise.
+    Classifiers: plain text (one text per line), or JSONL objects with "text" and optional "text_pair"; output
+    objects carry "label" and "score" of the best class, plus "scores" (best first) with --top-k above 1.
+    Taggers: plain text lines give "text" and "entities" (type, score, word, start and end characters); sentences
+    given as words (CoNLL: one token per line, a blank line between sentences, other columns ignored; JSONL:
+    {"tokens": [...]}) give "tokens", and "tags" (--ner-output tags: one BIO tag per word, exactly those
+    `evaluate` scores) or "entities" (start_token, end_token); --ner-output tags tags plain text split at spaces.
+    Question answering: JSONL with "question", "context" and optional "id", or a SQuAD JSON file; output objects
+    carry "id" (when the input has one), "answer", "score", "start" and "end" (--top-k above 1: "answers", best
+    first). "-" means standard input / output.
 
     example: echo "A moving, beautifully acted film." | bertforge predict --model runs/rt/model
     """
     import json
 
-    from bertforge.embeddings import read_text_lines
     from bertforge.pipelines import pipeline
 
     architecture = _architecture(model)
-    options = {"precision": precision, "quantize": quantize}
-    lines = sys.stdin.read().splitlines() if input == "-" else read_text_lines(input)
-    if not lines:
-        raise BertforgeError("no input: give one text per line on standard input, or --input FILE")
+    kind = _input_format(input, input_format, architecture)
+    options = {"max_length": max_length or None, "precision": precision, "quantize": quantize}
     records: list[dict[str, Any]]
     if architecture == "BertForQuestionAnswering":
-        items = _jsonl_items(input, lines, ("question", "context"), ())
-        reader = pipeline("question-answering", model=model, max_length=min(max_length or 384, 384), **options)
-        answers = reader(items, top_k=max(top_k, 1), batch_size=batch_size)
-        records = [{"answers": found} if top_k > 1 else found for found in answers]
+        reader = pipeline("question-answering", model=model, **options)
+        items, unanswerable = _questions(input, kind)
+        answers = reader(items, top_k=max(top_k, 1), batch_size=batch_size, handle_impossible_answer=unanswerable)
+        records = []
+        for item, found in zip(items, answers, strict=True):
+            named = {"id": item["id"]} if item.get("id") is not None else {}
+            records.append({**named, **({"answers": found} if top_k > 1 else found)})
     elif architecture == "BertForTokenClassification":
-        tagger = pipeline("ner", model=model, max_length=max_length or None, **options)
-        records = [{"text": text, "entities": found} for text, found in zip(lines, tagger(lines), strict=True)]
+        tagger = pipeline("ner", model=model, **options)
+        if kind == "text" and ner_output == "entities":
+            lines = _input_lines(input)
+            records = [{"text": text, "entities": found} for text, found in zip(lines, tagger(lines), strict=True)]
+        else:
+            tagged = tagger.tag_words(_sentences(input, kind, tagger.settings.token_column), batch_size=batch_size)
+            field = "tags" if ner_output == "tags" else "entities"
+            records = [{"tokens": found["tokens"], field: found[field]} for found in tagged]
     else:
-        items = _jsonl_items(input, lines, ("text",), ("text_pair",)) if input.endswith(".jsonl") else lines
-        classify = pipeline("text-classification", model=model, max_length=max_length or None,
-                            long_text=None if long_text == "auto" else long_text, **options)  # fmt: skip
+        lines = _input_lines(input)
+        items = _jsonl_items(input, lines, ("text",), ("text_pair",)) if kind == "jsonl" else lines
+        classify = pipeline("text-classification", model=model, long_text=None if long_text == "auto" else long_text,
+                            **options)  # fmt: skip
         records = []
         for result in classify(items, top_k=max(top_k, 1), batch_size=batch_size):
             ranked = result if isinstance(result, list) else [result]
@@ -432,6 +412,54 @@ def predict(
             sink.close()
     if output != "-":
         log.info("wrote %d predictions to %s", len(records), output)
+
+
+def _input_format(source: str, requested: str, architecture: str) -> str:
+    """The format to read ``source`` in: ``requested``, or for "auto" the one its name suggests."""
+    allowed = INPUT_FORMATS.get(architecture, INPUT_FORMATS["BertForSequenceClassification"])
+    kind = requested
+    if requested == "auto":
+        kind = FORMAT_OF_SUFFIX.get(Path(source).suffix.lower(), allowed[0]) if source != "-" else allowed[0]
+    if kind not in allowed:
+        raise BertforgeError(f"{source}: a {architecture} reads {', '.join(allowed)}, not {kind}; pass "
+                             f"--input-format {' or '.join(allowed)}")  # fmt: skip
+    if kind in ("conll", "squad") and source == "-":
+        raise BertforgeError(f"--input-format {kind} reads a file, not standard input; pass --input FILE")
+    return kind
+
+
+def _input_lines(source: str) -> list[str]:
+    """The lines of ``source`` ("-": standard input); an error when there are none."""
+    from bertforge.embeddings import read_text_lines
+
+    lines = sys.stdin.read().splitlines() if source == "-" else read_text_lines(source)
+    if not lines:
+        raise BertforgeError("no input: give one text per line on standard input, or --input FILE")
+    return lines
+
+
+def _questions(source: str, kind: str) -> tuple[list[dict[str, Any]], bool]:
+    """Questions to answer ({"id", "question", "context"}), and whether "no answer" is a possible answer (a SQuAD
+    v2.0 file)."""
+    if kind == "jsonl":
+        return _jsonl_items(source, _input_lines(source), ("question", "context"), ("id",)), False
+    from bertforge.data.squad import read_squad
+
+    squad = read_squad(source, answers_required=False)
+    items = [{"id": e.id, "question": e.question, "context": e.context} for e in squad.examples]
+    return items, squad.with_unanswerable
+
+
+def _sentences(source: str, kind: str, token_column: int) -> list[list[str]]:
+    """Sentences given as words: CoNLL tokens (other columns ignored), JSONL "tokens", or text split at spaces."""
+    from bertforge.data.tagging import read_conll, read_token_lines
+
+    if kind == "conll":
+        sentences = read_conll(source, token_column=token_column, tag_column=token_column, validate_tags=False)
+        return [sentence.tokens for sentence in sentences]
+    if kind == "jsonl":
+        return read_token_lines(_input_lines(source), source)
+    return [line.split() for line in _input_lines(source)]
 
 
 def _jsonl_items(source: str, lines: list[str], required: Sequence[str], optional: Sequence[str]) -> list[Any]:
@@ -564,8 +592,10 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
         predict,
         [
             Option("model", "fine-tuned model folder"),
-            Option("input", "text file (one text per line) or .jsonl (required for QA); - for standard input"),
+            Option("input", "text (a line each), JSONL, CoNLL (taggers) or SQuAD JSON (QA) file; - for standard input"),
             Option("output", "JSONL file to write; - for standard output"),
+            Option("input_format", "how to read --input; auto: by its name", choices=("auto", *INPUT_CHOICES)),
+            Option("ner_output", "taggers: entities, or tags (one BIO tag per word)", choices=("entities", "tags")),
             Option("top_k", "also list the best k classes with their scores"),
             Option("max_length", "tokens per input (0: as the model was fine-tuned; else its tokenizer's limit)"),
             Option("long_text", LONG_TEXT_HELP, choices=("auto", "truncate", "window")),

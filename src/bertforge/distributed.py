@@ -35,7 +35,7 @@ from torch import nn
 
 from bertforge.errors import BertforgeError
 from bertforge.model import BertLayer
-from bertforge.train import pick_device
+from bertforge.runtime import pick_device
 
 log = logging.getLogger("bertforge")
 

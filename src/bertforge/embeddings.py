@@ -1,7 +1,7 @@
 """Sentence embeddings from a BERT encoder: the work behind ``bertforge embed``.
 
-Texts are sorted by token length before batching, so each batch pads only to its own longest text and little
-compute goes to padding; vectors come back in input order.
+Texts go through the one length-sorted forward pass (:func:`bertforge.inference.forward_batches`); vectors come
+back in input order.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from bertforge.classify import collate, encode_texts, length_sorted_batches
+from bertforge.classify import encode_texts
 from bertforge.errors import BertforgeError
 from bertforge.heads import mean_over_tokens
-from bertforge.model import BertModel
+from bertforge.inference import forward_batches
+from bertforge.model import BertModel, BertModelOutput
+from bertforge.runtime import pick_precision
 from bertforge.tokenizer import BertTokenizer
-from bertforge.train import autocast, pick_precision
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -45,7 +45,6 @@ def read_text_lines(path: str | Path) -> list[str]:
     return lines
 
 
-@torch.inference_mode()
 def embed_texts(
     model: BertModel,
     tokenizer: BertTokenizer,
@@ -73,23 +72,19 @@ def embed_texts(
         raise BertforgeError("this model has no pooler; use pooling 'mean' or 'cls'")
     if batch_size < 1:
         raise BertforgeError(f"batch size must be at least 1, got {batch_size}")
-    model.eval()
-    device = next(model.parameters()).device
-    precision = pick_precision(precision, device)
+    precision = pick_precision(precision, next(model.parameters()).device)
     inputs = encode_texts(tokenizer, list(texts), max_length=max_length or model.config.max_position_embeddings)
-    vectors = np.zeros((len(inputs), model.config.hidden_size), dtype=np.float32)
-    batches = length_sorted_batches([len(ids) for ids in inputs.input_ids], batch_size)
-    for rows in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress):
-        batch = {name: tensor.to(device) for name, tensor in collate(inputs, rows, tokenizer.pad_token_id).items()}
-        with autocast(precision, device):
-            out = model(**batch)
+
+    def pool(out: BertModelOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, H) sentence vectors of one batch."""
         if pooling == "mean":
-            pooled = mean_over_tokens(out.last_hidden_state, batch["attention_mask"])  # (B, H)
+            pooled = mean_over_tokens(out.last_hidden_state, batch["attention_mask"])
         elif pooling == "cls":
             pooled = out.last_hidden_state[:, 0]
         else:
             pooled = out.pooler_output
-        if normalize:
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        vectors[rows] = pooled.float().cpu().numpy()
-    return vectors
+        return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    vectors = forward_batches(model, inputs, pool, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                              precision=precision, progress="embedding" if show_progress else None)  # fmt: skip
+    return np.stack(vectors) if vectors else np.zeros((0, model.config.hidden_size), dtype=np.float32)

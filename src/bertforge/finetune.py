@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
-from bertforge.classify import EncodedInputs, collate, encode_texts, predict_logits
+from bertforge.classify import encode_texts, predict_logits
 from bertforge.config import BertConfig
 from bertforge.data.catalogue import DATASETS, resolve_dataset
 from bertforge.data.classification import (
@@ -43,19 +43,19 @@ from bertforge.distributed import (
 )
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForSequenceClassification
+from bertforge.inference import EncodedInputs, collate
 from bertforge.metrics import classification_report, format_confusion_matrix, pearson, spearman
 from bertforge.model import BertModel
-from bertforge.settings import FinetuneConfig
+from bertforge.runtime import autocast, pick_precision
+from bertforge.settings import FinetuneConfig, save_run_settings
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
     MetricsLog,
-    autocast,
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
     load_training_state,
     optimizer_step,
-    pick_precision,
     plot_metrics,
     save_checkpoint,
     save_model_folder,
@@ -193,7 +193,7 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
     resumed_step = state["step"] if checkpoint is not None else None
     metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
     if processes.is_main:
-        (run_dir / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+        save_run_settings(settings, run_dir)
     log.info(
         "fine-tuning %s for %s on %d examples (%d inputs) on %s in %s; %d steps",
         model_dir,

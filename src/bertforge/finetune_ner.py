@@ -1,12 +1,9 @@
 """The named-entity-recognition recipe: a pretrained encoder + a per-token classifier → a tagger.
 
 Straight-line: read CoNLL files (tags converted to BIO) → encode sentences into windows, labelling the first
-word piece of each word (the others are ignored, -100, unless ``label_all_pieces``) → train, evaluating entity F1
-(seqeval's definition) on dev after each epoch and keeping the best → test → save.
-
-Words are matched to word pieces through character offsets: the sentence is rebuilt by joining its words with
-spaces, and a piece belongs to the word whose characters contain the piece's first character. So a CoNLL word
-that BERT's pre-tokenizer splits further ("U.S." → U . S .) still gets exactly one labelled piece.
+word piece of each word (the others are ignored, -100, unless ``label_all_pieces``; how words meet pieces:
+:mod:`bertforge.ner`) → train, evaluating entity F1 (seqeval's definition) on dev after each epoch and keeping
+the best → test → save.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,6 @@ import torch
 from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
-from bertforge.classify import EncodedInputs, collate, length_sorted_batches
 from bertforge.config import BertConfig
 from bertforge.data.classification import bucketed_batches, split_rows
 from bertforge.data.tagging import (
@@ -33,7 +28,6 @@ from bertforge.data.tagging import (
     TaggedSentence,
     detect_scheme,
     read_tagging_file,
-    repair_bio,
     resolve_tagging_dataset,
     to_bio,
 )
@@ -52,18 +46,19 @@ from bertforge.distributed import (
 )
 from bertforge.errors import BertforgeError
 from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
+from bertforge.inference import collate
+from bertforge.ner import encode_sentences, predict_tags, window_labels
 from bertforge.ner_metrics import entity_scores
-from bertforge.settings import NerConfig
+from bertforge.runtime import autocast, pick_precision
+from bertforge.settings import NerConfig, save_run_settings
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
     MetricsLog,
-    autocast,
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
     load_training_state,
     optimizer_step,
-    pick_precision,
     plot_metrics,
     save_checkpoint,
     save_model_folder,
@@ -73,82 +68,6 @@ from bertforge.train import (
 )
 
 log = logging.getLogger("bertforge")
-
-
-@dataclass
-class EncodedSentences:
-    """Windows of word pieces, and for each piece the word it starts (or -1)."""
-
-    inputs: EncodedInputs  # token ids per window; ``source`` is the sentence of each window
-    first_piece_of: list[np.ndarray]  # per window (T,): index of the word whose first piece this is, else -1
-    word_of: list[np.ndarray]  # per window (T,): index of the word the piece belongs to, -1 for specials
-
-
-def encode_sentences(
-    tokenizer: BertTokenizer, sentences: list[TaggedSentence], max_length: int, stride: int
-) -> EncodedSentences:
-    texts, word_starts = [], []
-    for sentence in sentences:
-        starts = np.cumsum([0] + [len(word) + 1 for word in sentence.tokens[:-1]])
-        texts.append(" ".join(sentence.tokens))
-        word_starts.append(starts)
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, stride=stride,
-                        return_overflowing_tokens=True, return_offsets_mapping=True)  # fmt: skip
-    source = np.asarray(encoded["overflow_to_sample_mapping"])
-    first_piece_of, word_of = [], []
-    for window, sentence in enumerate(source):
-        offsets = np.asarray(encoded["offset_mapping"][window]).reshape(-1, 2)  # (T, 2)
-        special = np.asarray([w is None for w in encoded.word_ids(window)])
-        words = np.searchsorted(word_starts[sentence], offsets[:, 0], side="right") - 1
-        words = np.where(special, -1, words)
-        starts_word = ~special & (offsets[:, 0] == word_starts[sentence][np.maximum(words, 0)])
-        word_of.append(words)
-        first_piece_of.append(np.where(starts_word, words, -1))
-    return EncodedSentences(EncodedInputs(encoded["input_ids"], encoded["token_type_ids"], source), first_piece_of,
-                            word_of)  # fmt: skip
-
-
-def window_labels(encoded: EncodedSentences, tags: list[list[int]], label_all_pieces: bool) -> list[np.ndarray]:
-    """Per window (T,): the tag id of the word each labelled piece belongs to, IGNORE_INDEX elsewhere."""
-    labels = []
-    for window, sentence in enumerate(encoded.inputs.source):
-        pieces = encoded.word_of[window] if label_all_pieces else encoded.first_piece_of[window]
-        sentence_tags = np.asarray(tags[sentence])
-        labels.append(np.where(pieces >= 0, sentence_tags[np.maximum(pieces, 0)], IGNORE_INDEX))
-    return labels
-
-
-@torch.inference_mode()
-def predict_tags(
-    model: BertForTokenClassification,
-    encoded: EncodedSentences,
-    sentences: list[TaggedSentence],
-    labels: list[str],
-    *,
-    pad_id: int,
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-) -> list[list[str]]:
-    """BIO tags per word; a word seen by several windows gets the mean of its first pieces' logits."""
-    model.eval()
-    totals = [np.zeros((len(s.tokens), len(labels)), dtype=np.float32) for s in sentences]
-    counts = [np.zeros(len(s.tokens), dtype=np.int64) for s in sentences]
-    for rows in length_sorted_batches([len(ids) for ids in encoded.inputs.input_ids], batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded.inputs, rows, pad_id).items()}
-        with autocast(precision, device):
-            logits = model(**batch).logits.float().cpu().numpy()  # (B, T, C)
-        for slot, window in enumerate(rows):
-            sentence, words = encoded.inputs.source[window], encoded.first_piece_of[window]
-            positions = np.flatnonzero(words >= 0)
-            np.add.at(totals[sentence], words[positions], logits[slot, positions])
-            np.add.at(counts[sentence], words[positions], 1)
-    predictions = []
-    for total, count in zip(totals, counts, strict=True):
-        # A word with no piece (its characters all removed by normalisation) is predicted outside any entity.
-        ids = np.where(count > 0, total.argmax(-1), labels.index(OUTSIDE) if OUTSIDE in labels else 0)
-        predictions.append(repair_bio([labels[i] for i in ids]))
-    return predictions
 
 
 def evaluate_tagger(
@@ -164,9 +83,9 @@ def evaluate_tagger(
     unknown = {tag for s in sentences for tag in s.tags} - set(labels)
     if unknown:
         raise BertforgeError(f"the data has tags the model was not trained for: {', '.join(sorted(unknown))}")
-    windows = encode_sentences(tokenizer, sentences, settings.max_length, settings.window_stride)
-    predicted = predict_tags(model, windows, sentences, labels, pad_id=tokenizer.pad_token_id,
-                             batch_size=settings.eval_batch_size, device=device, precision=precision)  # fmt: skip
+    predicted, _ = predict_tags(model, tokenizer, [s.tokens for s in sentences], max_length=settings.max_length,
+                                stride=settings.window_stride, batch_size=settings.eval_batch_size, device=device,
+                                precision=precision)  # fmt: skip
     return entity_scores([s.tags for s in sentences], predicted)
 
 
@@ -210,7 +129,7 @@ def finetune_ner(settings: NerConfig) -> Path:
     settings = with_learning_rate(settings, model.config.hidden_size)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay)
 
-    encoded = encode_sentences(tokenizer, train, settings.max_length, settings.window_stride)
+    encoded = encode_sentences(tokenizer, [s.tokens for s in train], settings.max_length, settings.window_stride)
     targets = window_labels(encoded, [[labels.index(t) for t in s.tags] for s in train], settings.label_all_pieces)
     # batch_size is the global batch: the same steps and data order whatever the number of processes
     parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
@@ -226,7 +145,7 @@ def finetune_ner(settings: NerConfig) -> Path:
     resumed_step = state["step"] if checkpoint is not None else None
     metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
     if processes.is_main:
-        (run_dir / "ner_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+        save_run_settings(settings, run_dir)
     log.info(
         "fine-tuning %s for %d tags (%s in the files) on %d sentences (%d windows) on %s in %s; %d steps",
         model_dir, len(labels), scheme, len(train), len(encoded.inputs), device, precision, total_steps,

@@ -7,7 +7,6 @@ checkpoint per epoch for ``--resume``) → report → save. Settings: :class:`~b
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -19,7 +18,6 @@ import torch
 from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
-from bertforge.classify import collate
 from bertforge.config import BertConfig
 from bertforge.data.classification import bucketed_batches, split_rows
 from bertforge.data.squad import SquadFile, read_squad, resolve_squad
@@ -37,19 +35,19 @@ from bertforge.distributed import (
     wrap_model,
 )
 from bertforge.heads import BertForQuestionAnswering
+from bertforge.inference import collate
 from bertforge.qa import answer_positions, encode_questions, predict_answers
-from bertforge.settings import QaConfig
+from bertforge.runtime import autocast, pick_precision
+from bertforge.settings import QaConfig, save_run_settings
 from bertforge.squad_metrics import squad_scores
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
     MetricsLog,
-    autocast,
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
     load_training_state,
     optimizer_step,
-    pick_precision,
     plot_metrics,
     save_checkpoint,
     save_model_folder,
@@ -120,7 +118,7 @@ def finetune_qa(settings: QaConfig) -> Path:
     resumed_step = state["step"] if checkpoint is not None else None
     metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
     if processes.is_main:
-        (run_dir / "qa_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+        save_run_settings(settings, run_dir)
     log.info(
         "fine-tuning %s for question answering on %d questions (%d windows, %d with the answer) on %s in %s; "
         "%d steps", model_dir, len(train.examples), len(windows), int((starts > 0).sum()), device, precision,

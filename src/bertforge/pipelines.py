@@ -5,7 +5,6 @@ Inputs are batched internally and results come back in input order.
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from bertforge.assets import resolve_model_dir
 from bertforge.checkpoint import ModelT
-from bertforge.classify import EncodedInputs, collate, encode_texts, length_sorted_batches, predict_logits, softmax
+from bertforge.classify import encode_texts, predict_logits
 from bertforge.data.tagging import OUTSIDE, chunk_entities
 from bertforge.embeddings import embed_texts
 from bertforge.errors import BertforgeError
@@ -26,11 +25,14 @@ from bertforge.heads import (
     BertForSequenceClassification,
     BertForTokenClassification,
 )
+from bertforge.inference import forward_batches, mean_over_windows, softmax
 from bertforge.model import BertModel
-from bertforge.qa import best_spans, encode_questions, window_logits
+from bertforge.ner import NO_WORD, encode_windows, predict_tags
+from bertforge.qa import find_spans, unanswered
 from bertforge.quantize import inference_device, quantize_encoder
+from bertforge.runtime import autocast, pick_precision
+from bertforge.settings import FinetuneConfig, NerConfig, QaConfig, inference_settings
 from bertforge.tokenizer import BertTokenizer
-from bertforge.train import autocast, pick_precision
 
 TASKS = (
     "sentiment-analysis", "text-classification", "ner", "token-classification", "question-answering", "fill-mask",
@@ -72,10 +74,11 @@ def pipeline(
 ):
     """Build the pipeline for ``task`` from a checkpoint folder (or a packaged model's name).
 
-    ``max_length`` and ``long_text`` ("truncate" or "window") apply to text classification; they default to
-    the values the model was fine-tuned with when its run saved them (:func:`fine_tuned_text_settings`), else
-    to the tokenizer's ``model_max_length`` and truncation. ``quantize="int8"`` runs the encoder's linear layers
-    in int8 on the CPU (:mod:`bertforge.quantize`).
+    Text classification, NER and question answering cut their inputs (and QA chooses answers) with the settings
+    the model's fine-tuning run saved, as ``evaluate`` and ``predict`` do (:func:`bertforge.settings.
+    inference_settings`); a model from elsewhere gets the recipes' defaults. ``max_length`` and, for text
+    classification, ``long_text`` ("truncate" or "window") replace them. ``quantize="int8"`` runs the encoder's
+    linear layers in int8 on the CPU (:mod:`bertforge.quantize`).
     """
     if task not in TASKS:
         raise BertforgeError(f"unknown task {task!r}; bertforge pipelines: {', '.join(TASKS)}")
@@ -93,35 +96,17 @@ def pipeline(
     if task == "feature-extraction":
         return FeatureExtractionPipeline(load(BertModel), tokenizer, target, precision)
     if task in ("ner", "token-classification"):
-        tagger = load(BertForTokenClassification)
-        return TokenClassificationPipeline(
-            tagger, tokenizer, target, precision, aggregation=aggregation,
-            max_length=max_length or tokenizer.model_max_length,
-        )  # fmt: skip
+        settings = inference_settings(NerConfig, folder, max_length=max_length or 0)
+        return TokenClassificationPipeline(load(BertForTokenClassification), tokenizer, target, precision, settings,
+                                           aggregation=aggregation)  # fmt: skip
     if task == "question-answering":
-        reader = load(BertForQuestionAnswering)
-        return QuestionAnsweringPipeline(reader, tokenizer, target, precision,
-                                         max_length=max_length or tokenizer.model_max_length)  # fmt: skip
+        settings = inference_settings(QaConfig, folder, max_length=max_length or 0)
+        return QuestionAnsweringPipeline(load(BertForQuestionAnswering), tokenizer, target, precision, settings)
     classifier = load(BertForSequenceClassification)
     if not classifier.config.id2label:
         raise BertforgeError(f"{folder}: has no labels in config.json; {HOW_TO_GET_A_MODEL[task]}")
-    trained = fine_tuned_text_settings(folder)
-    return TextClassificationPipeline(
-        classifier, tokenizer, target, precision,
-        max_length=max_length or trained.get("max_length") or tokenizer.model_max_length,
-        long_text=long_text or trained.get("long_text", "truncate"), stride=trained.get("window_stride"),
-    )  # fmt: skip
-
-
-def fine_tuned_text_settings(folder: str | Path) -> dict[str, Any]:
-    """``max_length``, ``long_text`` and ``window_stride`` of the run that fine-tuned the classifier in
-    ``folder`` (from the ``finetune_config.json`` that ``bertforge finetune classification`` writes beside its
-    model/ folder), so that inference cuts texts as training did; {} for a model from elsewhere."""
-    saved = Path(folder).parent / "finetune_config.json"
-    if not saved.is_file():
-        return {}
-    known = json.loads(saved.read_text())
-    return {key: known[key] for key in ("max_length", "long_text", "window_stride") if key in known}
+    settings = inference_settings(FinetuneConfig, folder, max_length=max_length or 0, long_text=long_text)
+    return TextClassificationPipeline(classifier, tokenizer, target, precision, settings)
 
 
 TextInput = str | tuple[str, str] | dict[str, str]
@@ -136,18 +121,14 @@ class TextClassificationPipeline:
         tokenizer: BertTokenizer,
         device: torch.device,
         precision: str,
-        *,
-        max_length: int = 512,
-        long_text: str = "truncate",
-        stride: int | None = None,
+        settings: FinetuneConfig,
     ) -> None:
+        """``settings``: ``max_length``, ``long_text`` and ``window_stride`` say how texts are cut."""
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
         self.precision = pick_precision(precision, device)
-        self.max_length = min(max_length, model.config.max_position_embeddings)
-        self.long_text = long_text
-        self.stride = stride if stride is not None else self.max_length // 2
+        self.settings = settings
         self.labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
 
     def __call__(self, inputs: TextInput | Sequence[TextInput], top_k: int | None = 1, batch_size: int = 32) -> Any:
@@ -164,9 +145,9 @@ class TextClassificationPipeline:
             self.tokenizer,
             list(texts),
             [pair or "" for pair in pairs] if has_pairs else None,
-            max_length=self.max_length,
-            long_text=self.long_text,
-            stride=self.stride,
+            max_length=self.settings.max_length,
+            long_text=self.settings.long_text,
+            stride=self.settings.window_stride,
         )
         logits = predict_logits(
             self.model, encoded, len(items), pad_id=self.tokenizer.pad_token_id, batch_size=batch_size,
@@ -249,63 +230,72 @@ class TokenClassificationPipeline:
         tokenizer: BertTokenizer,
         device: torch.device,
         precision: str,
+        settings: NerConfig,
         *,
         aggregation: str = "simple",
-        max_length: int = 512,
-        stride: int | None = None,
     ) -> None:
+        """``settings``: ``max_length`` and ``window_stride`` say how long texts are windowed."""
         if aggregation not in AGGREGATIONS:
             raise BertforgeError(f"aggregation {aggregation!r} is not one of {AGGREGATIONS}")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
         self.precision = pick_precision(precision, device)
+        self.settings = settings
         self.aggregation = aggregation
-        self.max_length = min(max_length, model.config.max_position_embeddings)
-        self.stride = stride if stride is not None else self.max_length // 4
         self.labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
 
-    @torch.inference_mode()
     def __call__(self, inputs: str | Sequence[str], batch_size: int = 32) -> list:
         """A list of entity dicts for a text, or one such list per text for a list of texts."""
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=self.max_length, stride=self.stride,
-            return_overflowing_tokens=True, return_offsets_mapping=True,
+        windows = encode_windows(self.tokenizer, texts, self.settings.max_length, self.settings.window_stride)
+        probabilities = forward_batches(
+            self.model, windows.inputs, lambda out, batch: out.logits.float().softmax(-1),  # (B, T, C)
+            pad_id=self.tokenizer.pad_token_id, per_token=True, batch_size=batch_size, device=self.device,
+            precision=self.precision,
         )  # fmt: skip
-        windows = EncodedInputs(
-            encoded["input_ids"], encoded["token_type_ids"], np.asarray(encoded["overflow_to_sample_mapping"])
-        )
-        probabilities = [np.zeros(0)] * len(windows)
-        for rows in length_sorted_batches([len(ids) for ids in windows.input_ids], batch_size):
-            batch = {k: v.to(self.device) for k, v in collate(windows, rows, self.tokenizer.pad_token_id).items()}
-            with autocast(self.precision, self.device):
-                logits = self.model(**batch).logits.float().softmax(-1).cpu().numpy()  # (B, T, C)
-            for slot, row in enumerate(rows):
-                probabilities[row] = logits[slot, : len(windows.input_ids[row])]
-        # Per text: every real token, keyed by (word, start, end), with its probabilities averaged over windows.
-        tokens: list[dict[tuple[int, int, int], list[np.ndarray]]] = [{} for _ in texts]
-        for window, text_index in enumerate(windows.source):
-            word_ids = encoded.word_ids(window)
-            for position, (start, end) in enumerate(encoded["offset_mapping"][window]):
-                if word_ids[position] is not None:
-                    tokens[text_index].setdefault((word_ids[position], start, end), []).append(
-                        probabilities[window][position]
-                    )
-        results = [self._entities(text, found) for text, found in zip(texts, tokens, strict=True)]
+        # Per text: every real token, keyed by (word, start, end) and numbered, so windows that share it average.
+        pieces: list[dict[tuple[int, int, int], int]] = [{} for _ in texts]
+        slots = []
+        for window, text_index in enumerate(windows.inputs.source):
+            found, words = pieces[text_index], windows.word_ids[window]
+            slot = np.full(len(words), NO_WORD)  # (T,)
+            for position in np.flatnonzero(words != NO_WORD):
+                start, end = windows.offsets[window][position]
+                slot[position] = found.setdefault((int(words[position]), int(start), int(end)), len(found))
+            slots.append(slot)
+        means, _ = mean_over_windows(windows.inputs.source, slots, probabilities, [len(found) for found in pieces])
+        results = [self._entities(text, found, mean) for text, found, mean in zip(texts, pieces, means, strict=True)]
         return results[0] if isinstance(inputs, str) else results
 
-    def _entities(self, text: str, found: dict[tuple[int, int, int], list[np.ndarray]]) -> list[dict[str, Any]]:
+    def tag_words(self, sentences: Sequence[Sequence[str]], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Tag sentences given as words (a CoNLL file's tokens) as ``evaluate`` does: one BIO tag per word, read
+        from its first piece. Per sentence ``{"tokens", "tags", "entities"}``; an entity's ``start_token`` and
+        ``end_token`` (exclusive) count words, its score is the mean of its words' tag probabilities."""
+        tags, probabilities = predict_tags(
+            self.model, self.tokenizer, sentences, max_length=self.settings.max_length,
+            stride=self.settings.window_stride, batch_size=batch_size, device=self.device, precision=self.precision,
+        )  # fmt: skip
+        results = []
+        for words, found, probability in zip(sentences, tags, probabilities, strict=True):
+            entities = [{"entity_group": kind, "score": float(probability[first:last].max(-1).mean()),
+                         "word": " ".join(words[first:last]), "start_token": first, "end_token": last}
+                        for kind, first, last in chunk_entities(found)]  # fmt: skip
+            results.append({"tokens": list(words), "tags": found, "entities": entities})
+        return results
+
+    def _entities(
+        self, text: str, pieces: dict[tuple[int, int, int], int], probabilities: np.ndarray
+    ) -> list[dict[str, Any]]:
+        """Entities of one text from its (pieces, C) probabilities; ``pieces`` numbers its (word, start, end)."""
         # Each piece's span widened to whole grapheme clusters: the tokenizer drops combining marks and variation
         # selectors when it strips accents (the offsets of "Jose\u0301" end before the accent), and splits them
         # off as words of their own after a CJK character.
-        pieces = sorted(
-            (*grapheme_span(text, start, end), word, np.mean(probs, axis=0))
-            for (word, start, end), probs in found.items()
-        )
+        ordered = sorted((*grapheme_span(text, start, end), word, slot) for (word, start, end), slot in pieces.items())
         if self.aggregation == "none":
             entities = []
-            for index, (start, end, _, probs) in enumerate(pieces):
+            for index, (start, end, _, slot) in enumerate(ordered):
+                probs = probabilities[slot]
                 label = self.labels[int(probs.argmax())]
                 if label != OUTSIDE:
                     entities.append({"entity": label, "score": float(probs.max()), "index": index,
@@ -313,7 +303,8 @@ class TokenClassificationPipeline:
             return entities
         spans: list[tuple[int, int, list[np.ndarray]]] = []  # (start, end, its pieces' probabilities) per word
         previous_word = None
-        for start, end, word, probs in pieces:
+        for start, end, word, slot in ordered:
+            probs = probabilities[slot]
             if spans and (word == previous_word or start < spans[-1][1]):  # the same word, or a mark split off
                 first, stop, members = spans[-1]
                 spans[-1] = (first, max(stop, end), [*members, probs])
@@ -353,14 +344,15 @@ class QuestionAnsweringPipeline:
         tokenizer: BertTokenizer,
         device: torch.device,
         precision: str,
-        *,
-        max_length: int = 384,
+        settings: QaConfig,
     ) -> None:
+        """``settings``: the windows (``max_length``, ``doc_stride``, ``max_query_length``) and the answers
+        (``n_best``, ``max_answer_length``, ``null_threshold``) when a call does not say otherwise."""
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
         self.precision = pick_precision(precision, device)
-        self.max_length = min(max_length, model.config.max_position_embeddings)
+        self.settings = settings
 
     def __call__(
         self,
@@ -370,8 +362,8 @@ class QuestionAnsweringPipeline:
         context: str | Sequence[str] | None = None,
         top_k: int = 1,
         doc_stride: int | None = None,
-        max_question_len: int = 64,
-        max_answer_len: int = 15,
+        max_question_len: int | None = None,
+        max_answer_len: int | None = None,
         handle_impossible_answer: bool = False,
         batch_size: int = 32,
     ) -> Any:
@@ -379,22 +371,26 @@ class QuestionAnsweringPipeline:
 
         Returns ``{"answer", "score", "start", "end"}`` (a list of ``top_k`` of them when ``top_k > 1``) per
         question, in input order. With ``handle_impossible_answer`` the answer may be "" (start = end = 0) when
-        the model's no-answer score beats every span.
+        the model's no-answer score beats every span by more than the settings' ``null_threshold``; it is ""
+        whenever no span fits at all.
         """
         questions, contexts, single = _question_context_pairs(inputs, question, context)
-        stride = doc_stride if doc_stride is not None else min(128, self.max_length // 4)
-        windows = encode_questions(self.tokenizer, questions, contexts, max_length=self.max_length,
-                                   doc_stride=stride, max_query_length=max_question_len)  # fmt: skip
-        logits = window_logits(self.model, windows, pad_id=self.tokenizer.pad_token_id, batch_size=batch_size,
-                               device=self.device, precision=self.precision)  # fmt: skip
-        spans, null_scores = best_spans(windows, logits, contexts, max_answer_length=max_answer_len, top_k=top_k)
+        settings = self.settings
+        spans, null_scores = find_spans(
+            self.model, self.tokenizer, questions, contexts, max_length=settings.max_length,
+            doc_stride=settings.doc_stride if doc_stride is None else doc_stride,
+            max_query_length=max_question_len or settings.max_query_length, n_best=settings.n_best,
+            max_answer_length=max_answer_len or settings.max_answer_length, top_k=top_k, batch_size=batch_size,
+            device=self.device, precision=self.precision,
+        )  # fmt: skip
         results = []
         for found, null_score in zip(spans, null_scores, strict=True):
             answers = [{"score": s.probability, "start": s.start, "end": s.end, "answer": s.text} for s in found]
-            if handle_impossible_answer and (not found or null_score > found[0].score):
-                answers = [{"score": 1.0 - (found[0].probability if found else 0.0), "start": 0, "end": 0,
-                            "answer": ""}, *answers][:top_k]  # fmt: skip
-            results.append(answers[0] if top_k == 1 and answers else answers)
+            best = found[0] if found else None
+            if best is None or (handle_impossible_answer and unanswered(best, null_score, settings.null_threshold)):
+                empty = {"score": 1.0 - (best.probability if best else 0.0), "start": 0, "end": 0, "answer": ""}
+                answers = [empty, *answers][:top_k]
+            results.append(answers[0] if top_k == 1 else answers)
         return results[0] if single else results
 
 
@@ -498,6 +494,6 @@ class FeatureExtractionPipeline:
 
     def __call__(self, inputs: str | Sequence[str], pooling: str = "mean", normalize: bool = True) -> np.ndarray:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        with autocast(self.precision, self.device):
-            vectors = embed_texts(self.model, self.tokenizer, texts, pooling=pooling, normalize=normalize)
+        vectors = embed_texts(self.model, self.tokenizer, texts, pooling=pooling, normalize=normalize,
+                              precision=self.precision)  # fmt: skip
         return vectors[0] if isinstance(inputs, str) else vectors

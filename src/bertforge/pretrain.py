@@ -42,17 +42,16 @@ from bertforge.distributed import (
 )
 from bertforge.errors import BertforgeError
 from bertforge.heads import IGNORE_INDEX, BertForMaskedLM, BertForPreTraining
+from bertforge.runtime import autocast, pick_precision
 from bertforge.settings import PretrainConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
     MetricsLog,
-    autocast,
     build_optimizer,
     latest_checkpoint,
     learning_rate_factor,
     load_training_state,
     optimizer_step,
-    pick_precision,
     plot_metrics,
     return_freed_memory_to_the_system,
     save_checkpoint,

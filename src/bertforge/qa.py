@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertforge.classify import EncodedInputs, collate, length_sorted_batches
 from bertforge.data.squad import QaExample
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForQuestionAnswering
+from bertforge.inference import EncodedInputs, forward_batches
+from bertforge.settings import QaConfig
 from bertforge.tokenizer import BertTokenizer
-from bertforge.train import autocast
 
 NOT_CONTEXT = -1  # offset of a token outside the context (question, specials)
 
@@ -61,9 +61,9 @@ def encode_questions(
     questions: Sequence[str],
     contexts: Sequence[str],
     *,
-    max_length: int = 384,
-    doc_stride: int = 128,
-    max_query_length: int = 64,
+    max_length: int = QaConfig.max_length,
+    doc_stride: int = QaConfig.doc_stride,
+    max_query_length: int = QaConfig.max_query_length,
 ) -> QaWindows:
     """Cut every (question, context) into windows of at most ``max_length`` tokens (see the module notes)."""
     questions, longest = _cut_questions(tokenizer, questions, max_query_length)
@@ -118,37 +118,13 @@ def answer_positions(windows: QaWindows, examples: Sequence[QaExample]) -> tuple
     return starts, ends
 
 
-@torch.inference_mode()
-def window_logits(
-    model: BertForQuestionAnswering,
-    windows: QaWindows,
-    *,
-    pad_id: int,
-    batch_size: int = 64,
-    device: torch.device | None = None,
-    precision: str = "fp32",
-) -> list[np.ndarray]:
-    """Per window (T, 2): start and end logits, batches sorted by length."""
-    model.eval()
-    device = device or torch.device("cpu")
-    logits: list[np.ndarray] = [np.zeros(0)] * len(windows)
-    for rows in length_sorted_batches([len(ids) for ids in windows.inputs.input_ids], batch_size):
-        batch = {k: v.to(device) for k, v in collate(windows.inputs, rows, pad_id).items()}
-        with autocast(precision, device):
-            out = model(**batch)
-        both = torch.stack([out.start_logits, out.end_logits], -1).float().cpu().numpy()  # (B, T, 2)
-        for slot, row in enumerate(rows):
-            logits[row] = both[slot, : len(windows.inputs.input_ids[row])]
-    return logits
-
-
 def best_spans(
     windows: QaWindows,
     logits: Sequence[np.ndarray],
     contexts: Sequence[str],
     *,
-    n_best: int = 20,
-    max_answer_length: int = 30,
+    n_best: int = QaConfig.n_best,
+    max_answer_length: int = QaConfig.max_answer_length,
     top_k: int = 1,
 ) -> tuple[list[list[Span]], np.ndarray]:
     """The ``top_k`` best distinct spans of each example (best first), and its (E,) no-answer score."""
@@ -181,32 +157,64 @@ def _log_softmax(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return masked - (masked.max() + np.log(np.exp(masked - masked.max()).sum()))
 
 
+def find_spans(
+    model: BertForQuestionAnswering,
+    tokenizer: BertTokenizer,
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    *,
+    max_length: int = QaConfig.max_length,
+    doc_stride: int = QaConfig.doc_stride,
+    max_query_length: int = QaConfig.max_query_length,
+    n_best: int = QaConfig.n_best,
+    max_answer_length: int = QaConfig.max_answer_length,
+    top_k: int = 1,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> tuple[list[list[Span]], np.ndarray]:
+    """Windows → start/end logits → the ``top_k`` best spans of each question (best first) and its (E,) no-answer
+    score: what evaluation, ``predict`` and the pipeline all answer from."""
+    windows = encode_questions(tokenizer, questions, contexts, max_length=max_length, doc_stride=doc_stride,
+                               max_query_length=max_query_length)  # fmt: skip
+    logits = forward_batches(
+        model, windows.inputs, lambda out, batch: torch.stack([out.start_logits, out.end_logits], -1),  # (B, T, 2)
+        pad_id=tokenizer.pad_token_id, per_token=True, batch_size=batch_size, device=device, precision=precision,
+    )  # fmt: skip
+    return best_spans(windows, logits, contexts, n_best=n_best, max_answer_length=max_answer_length, top_k=top_k)
+
+
+def unanswered(best: Span | None, null_score: float, null_threshold: float) -> bool:
+    """Whether "no answer" wins (SQuAD v2.0): no span at all, or a no-answer score above the best span's by more
+    than ``null_threshold``."""
+    return best is None or null_score - best.score > null_threshold
+
+
 def predict_answers(
     model: BertForQuestionAnswering,
     tokenizer: BertTokenizer,
     examples: Sequence[QaExample],
     *,
-    max_length: int = 384,
-    doc_stride: int = 128,
-    max_query_length: int = 64,
-    n_best: int = 20,
-    max_answer_length: int = 30,
+    max_length: int = QaConfig.max_length,
+    doc_stride: int = QaConfig.doc_stride,
+    max_query_length: int = QaConfig.max_query_length,
+    n_best: int = QaConfig.n_best,
+    max_answer_length: int = QaConfig.max_answer_length,
     with_unanswerable: bool = False,
-    null_threshold: float = 0.0,
+    null_threshold: float = QaConfig.null_threshold,
     batch_size: int = 64,
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> dict[str, str]:
-    """Question id → predicted answer text ("" for "no answer" when ``with_unanswerable``)."""
-    contexts = [e.context for e in examples]
-    windows = encode_questions(tokenizer, [e.question for e in examples], contexts, max_length=max_length,
-                               doc_stride=doc_stride, max_query_length=max_query_length)  # fmt: skip
-    logits = window_logits(model, windows, pad_id=tokenizer.pad_token_id, batch_size=batch_size, device=device,
-                           precision=precision)  # fmt: skip
-    spans, null_scores = best_spans(windows, logits, contexts, n_best=n_best, max_answer_length=max_answer_length)
+    """Question id → predicted answer text ("" for "no answer" when ``with_unanswerable``, or when no span fits)."""
+    spans, null_scores = find_spans(
+        model, tokenizer, [e.question for e in examples], [e.context for e in examples], max_length=max_length,
+        doc_stride=doc_stride, max_query_length=max_query_length, n_best=n_best,
+        max_answer_length=max_answer_length, batch_size=batch_size, device=device, precision=precision,
+    )  # fmt: skip
     predictions = {}
     for example, found, null_score in zip(examples, spans, null_scores, strict=True):
         best = found[0] if found else None
-        unanswered = best is None or (with_unanswerable and null_score - best.score > null_threshold)
-        predictions[example.id] = "" if unanswered else best.text
+        no_answer = best is None or (with_unanswerable and unanswered(best, null_score, null_threshold))
+        predictions[example.id] = "" if no_answer else best.text
     return predictions

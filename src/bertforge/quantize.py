@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from bertforge.errors import BertforgeError
 from bertforge.model import BertLayer
-from bertforge.train import pick_device
+from bertforge.runtime import pick_device
 
 QUANTIZATIONS = ("none", "int8")
 

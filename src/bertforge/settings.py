@@ -1,14 +1,21 @@
 """Settings of the training recipes, as typed dataclasses with a comment per field.
 
 Kept apart from the recipes so that reading them (for ``--help``, or to check a config file) needs no PyTorch.
-A recipe's settings come from a YAML/JSON file plus ``--key value`` overrides (:mod:`bertforge.recipe_config`).
+A recipe's settings come from a YAML/JSON file plus ``--key value`` overrides (:mod:`bertforge.recipe_config`);
+a fine-tuning run saves its settings, and whatever runs the model later reads them back
+(:func:`inference_settings`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
-from bertforge.config import check_classifier_pooling
+from bertforge.assets import resolve_model_dir
+from bertforge.config import BertConfig, check_classifier_pooling
 from bertforge.errors import BertforgeError
 
 
@@ -226,3 +233,55 @@ class QaConfig:
                 raise BertforgeError(f"{name} must be a positive number of questions, got {value}")
         if not 0 <= self.doc_stride < self.max_length:  # the exact room per window is checked with the questions
             raise BertforgeError(f"doc_stride must be between 0 and max_length, got {self.doc_stride}")
+
+
+# ---- a fine-tuning run's settings, saved beside its model/ folder and read back for inference ------------------
+
+FineTuningSettings = TypeVar("FineTuningSettings", FinetuneConfig, NerConfig, QaConfig)
+SETTINGS_FILES: dict[type, str] = {
+    FinetuneConfig: "finetune_config.json",
+    NerConfig: "ner_config.json",
+    QaConfig: "qa_config.json",
+}
+
+
+def save_run_settings(settings: FinetuneConfig | NerConfig | QaConfig, run_dir: Path) -> None:
+    """Write a fine-tuning run's settings beside its model/ folder, where :func:`inference_settings` finds them."""
+    text = json.dumps(dataclasses.asdict(settings), indent=2) + "\n"
+    (Path(run_dir) / SETTINGS_FILES[type(settings)]).write_text(text, encoding="utf-8")
+
+
+def inference_settings(
+    settings_class: type[FineTuningSettings],
+    model: str | Path,
+    *,
+    max_length: int = 0,
+    long_text: str | None = None,
+) -> FineTuningSettings:
+    """The settings a fine-tuned model is run with, by ``evaluate``, ``predict`` and the pipelines alike.
+
+    They are the settings its fine-tuning run saved beside the model/ folder (:func:`save_run_settings`), so
+    inputs are cut into windows and answers chosen as in training; a model from elsewhere gets the defaults of
+    ``settings_class``. ``max_length`` (when above 0) and ``long_text`` (when given) replace the run's. The
+    length is kept within the model's position embeddings; when it differs from the run's, the window stride is
+    kept within a quarter of it, so windows still advance.
+    """
+    folder = resolve_model_dir(model)
+    saved = folder.parent / SETTINGS_FILES[settings_class]
+    try:
+        known = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+    except (OSError, ValueError) as error:
+        raise BertforgeError(f"{saved}: cannot be read ({error}); delete it to use the default settings") from None
+    names = {field.name for field in dataclasses.fields(settings_class)}
+    values = {key: value for key, value in known.items() if key in names}
+    values.update(model=str(folder), train=values.get("train") or str(folder))  # required; callers name their data
+    positions = BertConfig.load(folder).max_position_embeddings
+    length = min(max_length or values.get("max_length", settings_class.max_length), positions)
+    if length != values.get("max_length", settings_class.max_length):
+        values["max_length"] = length
+        for stride in ("window_stride", "doc_stride"):
+            if stride in names:
+                values[stride] = min(values.get(stride, getattr(settings_class, stride)), length // 4)
+    if long_text is not None and "long_text" in names:
+        values["long_text"] = long_text
+    return settings_class(**values)

@@ -1,11 +1,10 @@
-"""What every training recipe shares: device and precision choice, AdamW groups, the learning-rate schedule,
-atomic resumable checkpoints, the metrics log and its plots. The loops themselves live in the recipes
-(:mod:`bertforge.pretrain`, fine-tuning), straight-line from setup to save.
+"""What every training recipe shares: AdamW groups, the learning-rate schedule, atomic resumable checkpoints,
+the metrics log and its plots (device and precision choice: :mod:`bertforge.runtime`). The loops themselves live
+in the recipes (:mod:`bertforge.pretrain`, fine-tuning), straight-line from setup to save.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import json
@@ -31,7 +30,7 @@ SettingsT = TypeVar("SettingsT")  # a recipe's settings dataclass
 TRAINING_STATE_NAME = "training_state.pt"
 
 
-# ---- device and precision ------------------------------------------------------------------------------------
+# ---- memory and seeds ------------------------------------------------------------------------------------
 
 
 # Allocations above this size get their own memory map, returned to the system when freed.
@@ -56,42 +55,6 @@ def return_freed_memory_to_the_system() -> bool:
         return bool(libc.mallopt(-3, HEAP_MMAP_THRESHOLD))  # -3 = M_MMAP_THRESHOLD in glibc's malloc.h
     except (OSError, AttributeError):  # another C library (musl) or none: keep its defaults
         return False
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """ "auto" takes CUDA when present, else the CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise BertforgeError(f"device {requested!r} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return torch.device(requested)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated, slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def pick_precision(requested: str, device: torch.device) -> str:
-    """Resolve "auto" to the fastest precision the hardware runs natively: "bf16" or "fp32"."""
-    if requested not in ("auto", "fp32", "bf16"):
-        raise BertforgeError(f"precision {requested!r} is not one of auto, fp32, bf16")
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast keeps weights and optimizer state in fp32 and runs matmuls in bf16."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:

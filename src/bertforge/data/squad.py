@@ -67,8 +67,11 @@ def resolve_squad(name_or_path: str, split: str) -> Path:
     return fetch(SQUAD_ASSET) / SQUAD_FILES[split]
 
 
-def read_squad(path: str | Path, limit: int | None = None) -> SquadFile:
-    """Read a SQuAD JSON file (the first ``limit`` questions in file order when a limit is given)."""
+def read_squad(path: str | Path, limit: int | None = None, *, answers_required: bool = True) -> SquadFile:
+    """Read a SQuAD JSON file (the first ``limit`` questions in file order when a limit is given).
+
+    Without ``answers_required`` (questions to answer, not to score) a question may have no answers.
+    """
     path = Path(path)
     text = read_user_text(path, "give a SQuAD-format JSON file or squad_v1")
     try:
@@ -101,7 +104,8 @@ def read_squad(path: str | Path, limit: int | None = None) -> SquadFile:
             for q, entry in enumerate(questions):
                 if limit is not None and len(examples) >= limit:
                     return SquadFile(examples, with_unanswerable)
-                example = _example(entry, context, str(article.get("title", "")), f"{at}.qas[{q}]", fail)
+                title = str(article.get("title", ""))
+                example = _example(entry, context, title, f"{at}.qas[{q}]", fail, answers_required)
                 with_unanswerable |= bool(entry.get("is_impossible", False))
                 examples.append(example)
     if not examples:
@@ -109,7 +113,7 @@ def read_squad(path: str | Path, limit: int | None = None) -> SquadFile:
     return SquadFile(examples, with_unanswerable)
 
 
-def _example(entry: Any, context: str, title: str, at: str, fail: Any) -> QaExample:
+def _example(entry: Any, context: str, title: str, at: str, fail: Any, answers_required: bool) -> QaExample:
     """Check one ``qas`` entry and turn it into a :class:`QaExample`."""
     if not isinstance(entry, dict):
         raise fail(at, "is not an object", 'each question is {"id": ..., "question": ..., "answers": [...]}')
@@ -118,7 +122,7 @@ def _example(entry: Any, context: str, title: str, at: str, fail: Any) -> QaExam
         raise fail(at, "needs an 'id' string and a non-empty 'question'", "add the missing field")
     answers = entry.get("answers", [])
     impossible = entry.get("is_impossible", False)
-    if not isinstance(answers, list) or (not answers and not impossible):
+    if not isinstance(answers, list) or (not answers and not impossible and answers_required):
         raise fail(at, f"question {question_id!r} has no answers", "give answers, or mark it \"is_impossible\": true",
                    question_id)  # fmt: skip
     parsed = []

@@ -168,6 +168,29 @@ def read_tagging_file(path: str | Path, *, token_column: int = 0, tag_column: in
     return sentences
 
 
+def read_token_lines(lines: Sequence[str], source: str) -> list[list[str]]:
+    """Sentences to tag, from JSONL lines of ``{"tokens": ["word", ...]}`` (other fields, such as "tags", are
+    ignored; blank lines are skipped). ``source`` names the file in error messages."""
+    sentences = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        location = where(source, number)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BertforgeError(f"{location}: not a JSON object ({error.msg} at column {error.colno})") from None
+        tokens = record.get("tokens") if isinstance(record, dict) else None
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t.strip() for t in tokens):
+            raise BertforgeError(f'{location}: expected {{"tokens": ["word", ...]}}, a non-empty list of words')
+        if any(_COLUMN_SEPARATOR.search(token) for token in tokens):
+            raise BertforgeError(f"{location}: a token contains a space or tab; split it into separate tokens")
+        sentences.append(list(tokens))
+    if not sentences:
+        raise BertforgeError(f'{source}: has no records; write one {{"tokens": [...]}} object per line')
+    return sentences
+
+
 def _jsonl_sentence(line: str, location: str, number: int) -> TaggedSentence:
     try:
         record = json.loads(line)
