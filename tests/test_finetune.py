@@ -316,3 +316,72 @@ def test_bad_pooling_or_dropout_is_one_line_naming_the_option(workspace, tmp_pat
                  str(workspace / "train.csv"), "--out", str(tmp_path), option, value])  # fmt: skip
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and option.lstrip("-").replace("-", "_") in error
+
+
+def lexicon_classifier(folder):
+    """Save a classifier that counts words: the mean over tokens of +1 for GOOD words and -1 for BAD ones, > 0 = pos.
+
+    Every word is one token. Position and segment embeddings and every layer's residual branches are zeroed, so
+    a token's vector depends only on the token; GOOD and BAD words light one dimension up, with opposite signs,
+    and the head reads it from the mean of the token vectors.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    corpus = folder.parent / "lexicon.txt"
+    corpus.write_text(" ".join(GOOD + BAD + FILLER) + "\n")
+    tokenizer = train_tokenizer([corpus], 200, min_frequency=1, show_progress=False)
+    torch.manual_seed(0)
+    labels = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+    model = BertForSequenceClassification(
+        BertConfig.preset("tiny", vocab_size=len(tokenizer), max_position_embeddings=64, **labels,
+                          classifier_pooling="mean")
+    )  # fmt: skip
+    with torch.no_grad():
+        model.bert.embeddings.position.weight.zero_()
+        model.bert.embeddings.token_type.weight.zero_()
+        for layer in model.bert.layers:
+            for linear in (layer.attention.out, layer.feed_forward.down):
+                linear.weight.zero_()
+                linear.bias.zero_()
+        words = model.bert.embeddings.word.weight
+        words[:, 0] = 0.0
+        for sign, lexicon in ((1.0, GOOD), (-1.0, BAD)):
+            words[tokenizer.convert_tokens_to_ids(lexicon), 0] = sign * 5.0
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        model.classifier.weight[1, 0], model.classifier.weight[0, 0] = 1.0, -1.0
+    assert tokenizer.tokenize(" ".join(GOOD + BAD)) == GOOD + BAD
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def test_predict_labels_are_the_labels_evaluate_scores(tmp_path, capsys):
+    from bertforge.finetune import print_report
+    from bertforge.metrics import classification_report
+
+    folder = tmp_path / "run" / "model"
+    lexicon_classifier(folder)
+    # Saved as a run that read long texts in 8-token windows sharing 2.
+    run = {"max_length": 8, "long_text": "window", "window_stride": 2, "learning_rate": 1e-3}
+    (tmp_path / "run" / "finetune_config.json").write_text(json.dumps(run))
+    rng = np.random.default_rng(2)
+    # Two reviews of one kind and one of the other, in random order: truncated, a text shows its first review only.
+    kinds = [[True, True, False], [False, False, True]] * 12
+    rows = [(" ".join(review(rng, p) for p in rng.permutation(k)), "pos" if k[0] else "neg") for k in kinds]
+    data = tmp_path / "long.csv"
+    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    texts = tmp_path / "long.txt"
+    texts.write_text("".join(f"{text}\n" for text, _ in rows))
+
+    assert main(["evaluate", "--model", str(folder), "--data", str(data)]) == 0
+    evaluated = capsys.readouterr().out
+    assert main(["predict", "--model", str(folder), "--input", str(texts), "--top-k", "2"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    predicted = [["neg", "pos"].index(r["label"]) for r in records]
+    gold = [["neg", "pos"].index(label) for _, label in rows]
+    print_report(classification_report(predicted, gold, ["neg", "pos"]), ["neg", "pos"], False, title=str(data))
+    assert capsys.readouterr().out == evaluated  # the same accuracy, F1, MCC and confusion matrix
+    assert np.mean(np.asarray(predicted) == gold) > 0.9  # the windows see all three reviews
+    # The run's windows matter: truncated to 8 tokens, some texts get the other label.
+    assert main(["predict", "--model", str(folder), "--input", str(texts), "--long-text", "truncate"]) == 0
+    truncated = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["label"] for r in truncated] != [r["label"] for r in records]

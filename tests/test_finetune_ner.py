@@ -164,3 +164,72 @@ def test_resume_after_a_crash_gives_the_same_tagger(ner_workspace, tmp_path, mon
     for name, tensor in straight.items():
         torch.testing.assert_close(resumed[name], tensor, msg=name)
     assert (tmp_path / "b" / "metrics.jsonl").read_text().count("valid") == 2
+
+
+@pytest.fixture
+def random_tagger(ner_workspace, tmp_path):
+    """An untrained tagger, saved as a run that read 12-token windows sharing 2: its tags depend on the windows."""
+    torch.manual_seed(0)
+    labels = ["O", "B-PER", "I-PER", "B-LOC"]
+    model = BertForTokenClassification.from_pretrained(ner_workspace / "encoder", id2label=dict(enumerate(labels)),
+                                                       label2id={t: i for i, t in enumerate(labels)})  # fmt: skip
+    model.save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "model" / "vocab.txt").write_bytes((ner_workspace / "encoder" / "vocab.txt").read_bytes())
+    settings = {"model": "base", "train": "train.conll", "max_length": 12, "window_stride": 2}
+    (tmp_path / "run" / "ner_config.json").write_text(json.dumps(settings))
+    return tmp_path / "run" / "model"
+
+
+def predicted(capsys, *argv):
+    assert main(["predict", *argv]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_predict_tags_are_the_tags_evaluate_scores(ner_workspace, random_tagger, tmp_path, capsys):
+    from bertforge.data.tagging import chunk_entities, read_conll
+    from bertforge.ner_metrics import entity_scores
+
+    dev = ner_workspace / "dev.conll"
+    assert main(["evaluate", "--model", str(random_tagger), "--data", str(dev)]) == 0
+    evaluated = capsys.readouterr().out
+    records = predicted(capsys, "--model", str(random_tagger), "--input", str(dev), "--ner-output", "tags")
+    gold = read_conll(dev)
+    assert [r["tokens"] for r in records] == [s.tokens for s in gold]
+    scores = entity_scores([s.tags for s in gold], [r["tags"] for r in records])
+    assert (f"entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall {scores['recall']:.4f}), "
+            f"token accuracy {scores['token_accuracy']:.4f}") in evaluated  # fmt: skip
+    # The run's 12-token windows matter: read whole, some sentences get other tags.
+    whole = predicted(capsys, "--model", str(random_tagger), "--input", str(dev), "--ner-output", "tags",
+                      "--max-length", "64")  # fmt: skip
+    assert [r["tags"] for r in whole] != [r["tags"] for r in records]
+
+    # The same words as JSONL, or as plain text split at spaces, get the same tags; entities count tokens.
+    tokens = tmp_path / "dev.jsonl"
+    tokens.write_text("".join(json.dumps({"tokens": s.tokens}) + "\n" for s in gold))
+    assert predicted(capsys, "--model", str(random_tagger), "--input", str(tokens), "--ner-output", "tags") == records
+    text = tmp_path / "dev.txt"
+    text.write_text("".join(" ".join(s.tokens) + "\n" for s in gold))
+    assert predicted(capsys, "--model", str(random_tagger), "--input", str(text), "--ner-output", "tags") == records
+    entities = predicted(capsys, "--model", str(random_tagger), "--input", str(tokens))
+    for record, tagged in zip(entities, records, strict=True):
+        spans = [(e["entity_group"], e["start_token"], e["end_token"]) for e in record["entities"]]
+        assert spans == chunk_entities(tagged["tags"])
+        words = [" ".join(record["tokens"][e["start_token"] : e["end_token"]]) for e in record["entities"]]
+        assert [e["word"] for e in record["entities"]] == words
+    assert any(record["entities"] for record in entities)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("s.jsonl", '{"tokens": ["anna"]}\n{"tokens": "anna smith"}\n', 's.jsonl:2: expected {"tokens": ['),
+        ("s.jsonl", '{"tokens": ["anna smith"]}\n', "s.jsonl:1: a token contains a space or tab"),
+        ("s.conll", "anna B-PER\nsmith I-PER extra\n", "s.conll:2: has 3 columns where the file's first line has 2"),
+        ("s.json", "{}", "s.json: a BertForTokenClassification reads text, conll, jsonl, not squad"),
+    ],
+)
+def test_bad_predict_input_for_a_tagger_is_one_located_line(random_tagger, tmp_path, capsys, name, content, message):
+    (tmp_path / name).write_text(content)
+    assert main(["predict", "--model", str(random_tagger), "--input", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bertforge: error: ") and message in err[0], err

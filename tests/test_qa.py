@@ -14,6 +14,7 @@ from bertforge.heads import BertForQuestionAnswering
 from bertforge.pipelines import pipeline
 from bertforge.qa import NOT_CONTEXT, answer_positions, encode_questions
 from bertforge.settings import QaConfig
+from bertforge.squad_metrics import squad_scores
 from bertforge.tokenizer import BertTokenizer, train_tokenizer
 
 ENGLISH = "Müller  visited São Paulo, then   Zürich!! Unbelievable... naïve café-owners  (really) came"
@@ -248,3 +249,62 @@ def test_cli_resume_after_a_crash_gives_the_same_model_then_evaluate_and_predict
     questions.write_text('{"question": "what?"}\n')
     assert main(["predict", "--model", str(tmp_path / "a" / "model"), "--input", str(questions)]) == 2
     assert "questions.jsonl:1: expected a JSON object with 'question' and 'context'" in capsys.readouterr().err
+
+
+def test_predict_answers_as_evaluate_does_with_the_runs_settings(tmp_path, capsys):
+    from bertforge.cli import main
+
+    filler = "red blue green apple river stone cloud night paper horse music light table " * 4
+    cases = [
+        (f"{filler} so the zebra and the giraffe ride .", "zebra and the giraffe"),  # 4 tokens, in window 2+
+        ("zebra giraffe", "zebra giraffe"),
+        ("a zebra , one giraffe", "zebra , one giraffe"),
+    ]
+    folder = marker_reader(tmp_path, " ".join(c for c, _ in cases) + " who rides", "zebra", "giraffe")
+    # The run read 24-token windows and kept answers of at most 3 tokens: two of the three gold answers are longer.
+    run = {"max_length": 24, "doc_stride": 4, "max_answer_length": 3, "learning_rate": 1e-3}
+    (tmp_path / "qa_config.json").write_text(json.dumps(run))
+    paragraphs = [{"context": context, "qas": [{"id": f"q{i}", "question": "who rides ?",
+                                                "answers": [{"text": gold, "answer_start": context.index(gold)}]}]}
+                  for i, (context, gold) in enumerate(cases)]  # fmt: skip
+    squad = tmp_path / "dev.json"
+    squad.write_text(json.dumps(squad_json(paragraphs)))
+
+    assert main(["evaluate", "--model", str(folder), "--data", str(squad)]) == 0
+    evaluated = capsys.readouterr().out
+    assert main(["predict", "--model", str(folder), "--input", str(squad)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in records] == ["q0", "q1", "q2"]  # SQuAD JSON in, its question ids out
+    scores = squad_scores({r["id"]: r["answer"] for r in records}, {f"q{i}": [g] for i, (_, g) in enumerate(cases)})
+    assert f"exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} on 3 questions" in evaluated
+    assert scores["exact_match"] == pytest.approx(100 / 3)  # only "zebra giraffe" fits in 3 tokens
+    assert all(len(BertTokenizer.from_pretrained(folder).tokenize(r["answer"])) <= 3 for r in records)
+    # The pipeline reads the run's settings too; told otherwise, it finds the longer answers.
+    reader = pipeline("question-answering", model=folder)
+    items = [{"question": "who rides ?", "context": context} for context, _ in cases]
+    assert [a["answer"] for a in reader(items)] == [r["answer"] for r in records]
+    assert [a["answer"] for a in reader(items, max_answer_len=15)] == [gold for _, gold in cases]
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"id": i, **item}) + "\n" for i, item in enumerate(items)))
+    assert main(["predict", "--model", str(folder), "--input", str(questions), "--top-k", "2"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in records] == [0, 1, 2] and all(len(r["answers"]) == 2 for r in records)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("q.json", '{"data": [{"paragraphs": [{"context": "c"}]}]}', "q.json: data[0].paragraphs[0]: needs a"),
+        ("q.conll", "zebra\n", "q.conll: a BertForQuestionAnswering reads jsonl, squad, not conll"),
+        ("q.jsonl", '{"question": "who?", "context": "c"}\n[1]\n', "q.jsonl:2: expected a JSON object with"),
+    ],
+)
+def test_bad_predict_input_for_a_reader_is_one_located_line(tmp_path, capsys, name, content, message):
+    from bertforge.cli import main
+
+    folder = marker_reader(tmp_path, "zebra giraffe who", "zebra", "giraffe")
+    (tmp_path / name).write_text(content)
+    assert main(["predict", "--model", str(folder), "--input", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bertforge: error: ") and message in err[0], err
