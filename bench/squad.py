@@ -54,6 +54,7 @@ def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict
     from bertforge.data.squad import read_squad, resolve_squad
     from bertforge.inference import collate
     from bertforge.qa import answer_positions, encode_questions, predict_answers
+    from bertforge.settings import QaConfig
     from bertforge.squad_metrics import squad_scores
     from bertforge.tokenizer import BertTokenizer
 
@@ -94,8 +95,9 @@ def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict
             return model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
 
     model.eval()
-    predictions = predict_answers(Reader(), tokenizer, dev, max_length=MAX_LENGTH, doc_stride=DOC_STRIDE,
-                                  max_query_length=MAX_QUERY_LENGTH, precision=precision)  # fmt: skip
+    settings = QaConfig(model=str(folder), train="squad_v1", max_length=MAX_LENGTH, doc_stride=DOC_STRIDE,
+                        max_query_length=MAX_QUERY_LENGTH)  # fmt: skip
+    predictions = predict_answers(Reader(), tokenizer, dev, settings, precision=precision)
     seconds = time.perf_counter() - started
     scores = squad_scores(predictions, {e.id: [a.text for a in e.answers] for e in dev})
     return {"exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": seconds}

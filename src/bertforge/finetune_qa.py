@@ -68,13 +68,8 @@ def evaluate_qa(
     precision: str,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """SQuAD exact match and F1 of ``model`` on ``data``, and its predictions (question id → answer)."""
-    predictions = predict_answers(
-        model, tokenizer, data.examples, max_length=settings.max_length, doc_stride=settings.doc_stride,
-        max_query_length=settings.max_query_length, n_best=settings.n_best,
-        max_answer_length=settings.max_answer_length, with_unanswerable=data.with_unanswerable,
-        null_threshold=settings.null_threshold, batch_size=settings.eval_batch_size, device=device,
-        precision=precision,
-    )  # fmt: skip
+    predictions = predict_answers(model, tokenizer, data.examples, settings, with_unanswerable=data.with_unanswerable,
+                                  batch_size=settings.eval_batch_size, device=device, precision=precision)  # fmt: skip
     gold = {e.id: [a.text for a in e.answers] for e in data.examples}
     return squad_scores(predictions, gold), predictions
 

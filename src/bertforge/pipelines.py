@@ -5,6 +5,7 @@ Inputs are batched internally and results come back in input order.
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -375,14 +376,14 @@ class QuestionAnsweringPipeline:
         whenever no span fits at all.
         """
         questions, contexts, single = _question_context_pairs(inputs, question, context)
-        settings = self.settings
-        spans, null_scores = find_spans(
-            self.model, self.tokenizer, questions, contexts, max_length=settings.max_length,
-            doc_stride=settings.doc_stride if doc_stride is None else doc_stride,
-            max_query_length=max_question_len or settings.max_query_length, n_best=settings.n_best,
-            max_answer_length=max_answer_len or settings.max_answer_length, top_k=top_k, batch_size=batch_size,
-            device=self.device, precision=self.precision,
+        settings = dataclasses.replace(
+            self.settings, doc_stride=self.settings.doc_stride if doc_stride is None else doc_stride,
+            max_query_length=max_question_len or self.settings.max_query_length,
+            max_answer_length=max_answer_len or self.settings.max_answer_length,
         )  # fmt: skip
+        spans, null_scores = find_spans(self.model, self.tokenizer, questions, contexts, settings, top_k=top_k,
+                                        batch_size=batch_size, device=self.device,
+                                        precision=self.precision)  # fmt: skip
         results = []
         for found, null_score in zip(spans, null_scores, strict=True):
             answers = [{"score": s.probability, "start": s.start, "end": s.end, "answer": s.text} for s in found]

@@ -162,26 +162,24 @@ def find_spans(
     tokenizer: BertTokenizer,
     questions: Sequence[str],
     contexts: Sequence[str],
+    settings: QaConfig,
     *,
-    max_length: int = QaConfig.max_length,
-    doc_stride: int = QaConfig.doc_stride,
-    max_query_length: int = QaConfig.max_query_length,
-    n_best: int = QaConfig.n_best,
-    max_answer_length: int = QaConfig.max_answer_length,
     top_k: int = 1,
     batch_size: int = 64,
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> tuple[list[list[Span]], np.ndarray]:
     """Windows → start/end logits → the ``top_k`` best spans of each question (best first) and its (E,) no-answer
-    score: what evaluation, ``predict`` and the pipeline all answer from."""
-    windows = encode_questions(tokenizer, questions, contexts, max_length=max_length, doc_stride=doc_stride,
-                               max_query_length=max_query_length)  # fmt: skip
+    score: what evaluation, ``predict`` and the pipeline all answer from. ``settings`` gives the windows
+    (``max_length``, ``doc_stride``, ``max_query_length``) and the spans (``n_best``, ``max_answer_length``)."""
+    windows = encode_questions(tokenizer, questions, contexts, max_length=settings.max_length,
+                               doc_stride=settings.doc_stride, max_query_length=settings.max_query_length)  # fmt: skip
     logits = forward_batches(
         model, windows.inputs, lambda out, batch: torch.stack([out.start_logits, out.end_logits], -1),  # (B, T, 2)
         pad_id=tokenizer.pad_token_id, per_token=True, batch_size=batch_size, device=device, precision=precision,
     )  # fmt: skip
-    return best_spans(windows, logits, contexts, n_best=n_best, max_answer_length=max_answer_length, top_k=top_k)
+    return best_spans(windows, logits, contexts, n_best=settings.n_best, max_answer_length=settings.max_answer_length,
+                      top_k=top_k)  # fmt: skip
 
 
 def unanswered(best: Span | None, null_score: float, null_threshold: float) -> bool:
@@ -194,27 +192,20 @@ def predict_answers(
     model: BertForQuestionAnswering,
     tokenizer: BertTokenizer,
     examples: Sequence[QaExample],
+    settings: QaConfig,
     *,
-    max_length: int = QaConfig.max_length,
-    doc_stride: int = QaConfig.doc_stride,
-    max_query_length: int = QaConfig.max_query_length,
-    n_best: int = QaConfig.n_best,
-    max_answer_length: int = QaConfig.max_answer_length,
     with_unanswerable: bool = False,
-    null_threshold: float = QaConfig.null_threshold,
     batch_size: int = 64,
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> dict[str, str]:
-    """Question id → predicted answer text ("" for "no answer" when ``with_unanswerable``, or when no span fits)."""
-    spans, null_scores = find_spans(
-        model, tokenizer, [e.question for e in examples], [e.context for e in examples], max_length=max_length,
-        doc_stride=doc_stride, max_query_length=max_query_length, n_best=n_best,
-        max_answer_length=max_answer_length, batch_size=batch_size, device=device, precision=precision,
-    )  # fmt: skip
+    """Question id → predicted answer text: "" when no span fits, and, ``with_unanswerable``, when "no answer"
+    wins by more than ``settings.null_threshold``."""
+    spans, null_scores = find_spans(model, tokenizer, [e.question for e in examples], [e.context for e in examples],
+                                    settings, batch_size=batch_size, device=device, precision=precision)  # fmt: skip
     predictions = {}
     for example, found, null_score in zip(examples, spans, null_scores, strict=True):
         best = found[0] if found else None
-        no_answer = best is None or (with_unanswerable and unanswered(best, null_score, null_threshold))
+        no_answer = best is None or (with_unanswerable and unanswered(best, null_score, settings.null_threshold))
         predictions[example.id] = "" if no_answer else best.text
     return predictions
