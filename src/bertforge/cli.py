@@ -597,7 +597,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("input_format", "how to read --input; auto: by its name", choices=("auto", *INPUT_CHOICES)),
             Option("ner_output", "taggers: entities, or tags (one BIO tag per word)", choices=("entities", "tags")),
             Option("top_k", "also list the best k classes with their scores"),
-            Option("max_length", "tokens per input (0: as the model was fine-tuned; else its tokenizer's limit)"),
+            Option("max_length", "tokens per input (0: as the model was fine-tuned; else 128, or 384 for QA)"),
             Option("long_text", LONG_TEXT_HELP, choices=("auto", "truncate", "window")),
             Option("batch_size", "inputs per forward pass"),
             Option("precision", PRECISION_HELP, choices=("auto", "fp32", "bf16")),
