@@ -17,6 +17,7 @@ import torch
 
 from bertforge.errors import BertforgeError
 from bertforge.inference import EncodedInputs, forward_batches
+from bertforge.settings import EVAL_BATCH_SIZE, WINDOW_STRIDE
 from bertforge.tokenizer import BertTokenizer
 
 LONG_TEXT_MODES = ("truncate", "window")
@@ -27,9 +28,9 @@ def encode_texts(
     texts: Sequence[str],
     pairs: Sequence[str] | None = None,
     *,
-    max_length: int = 128,
+    max_length: int,
     long_text: str = "truncate",
-    stride: int = 64,
+    stride: int = WINDOW_STRIDE,
 ) -> EncodedInputs:
     """Tokenize texts (and optional second texts) into model inputs, truncated or windowed."""
     if long_text not in LONG_TEXT_MODES:
@@ -57,7 +58,7 @@ def predict_logits(
     num_texts: int,
     *,
     pad_id: int,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> np.ndarray:

@@ -21,7 +21,15 @@ from typing import Any
 from bertforge import __version__
 from bertforge.errors import BertforgeError
 from bertforge.recipe_config import describe_settings
-from bertforge.settings import FinetuneConfig, NerConfig, PretrainConfig, QaConfig
+from bertforge.settings import (
+    MAX_LENGTH,
+    PREDICT_BATCH_SIZE,
+    QA_MAX_LENGTH,
+    FinetuneConfig,
+    NerConfig,
+    PretrainConfig,
+    QaConfig,
+)
 
 log = logging.getLogger("bertforge")
 
@@ -63,7 +71,7 @@ def embed(
     input: str,
     output: str,
     pooling: str = "mean",
-    batch_size: int = 32,
+    batch_size: int = PREDICT_BATCH_SIZE,
     max_length: int = 512,
     normalize: bool = False,
     precision: str = "fp32",
@@ -346,7 +354,7 @@ def predict(
     top_k: int = 1,
     max_length: int = 0,
     long_text: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = PREDICT_BATCH_SIZE,
     precision: str = "fp32",
     quantize: str = "none",
 ) -> None:
@@ -506,6 +514,7 @@ class Option:
 
 
 QUANTIZE_HELP = "int8: the encoder's linear layers in int8 with per-token scales (CPU inference; bertforge.quantize)"
+MAX_LENGTH_HELP = f"tokens per input (0: as the model was fine-tuned; else {MAX_LENGTH}, or {QA_MAX_LENGTH} for QA)"
 LONG_TEXT_HELP = "what to do with longer texts; auto: as the model's fine-tuning run did (else truncate)"
 PRECISION_HELP = "fp32, bf16 (autocast: fast on CPUs with AVX-512 BF16 and on GPUs), or auto: bf16 where native"
 COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
@@ -581,7 +590,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("text_column", "column with the text"),
             Option("text_pair_column", "column with the second text of sentence pairs"),
             Option("label_column", "column with the label"),
-            Option("max_length", "tokens per input (0: as the model was fine-tuned; else 128, or 384 for QA)"),
+            Option("max_length", MAX_LENGTH_HELP),
             Option("long_text", LONG_TEXT_HELP, choices=("auto", "truncate", "window")),
             Option("bad_rows", "fail on a bad row, or skip and count it", choices=("fail", "skip")),
             Option("precision", PRECISION_HELP, choices=("fp32", "bf16", "auto")),
@@ -597,7 +606,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("input_format", "how to read --input; auto: by its name", choices=("auto", *INPUT_CHOICES)),
             Option("ner_output", "taggers: entities, or tags (one BIO tag per word)", choices=("entities", "tags")),
             Option("top_k", "also list the best k classes with their scores"),
-            Option("max_length", "tokens per input (0: as the model was fine-tuned; else 128, or 384 for QA)"),
+            Option("max_length", MAX_LENGTH_HELP),
             Option("long_text", LONG_TEXT_HELP, choices=("auto", "truncate", "window")),
             Option("batch_size", "inputs per forward pass"),
             Option("precision", PRECISION_HELP, choices=("auto", "fp32", "bf16")),

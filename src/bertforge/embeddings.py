@@ -18,6 +18,7 @@ from bertforge.heads import mean_over_tokens
 from bertforge.inference import forward_batches
 from bertforge.model import BertModel, BertModelOutput
 from bertforge.runtime import pick_precision
+from bertforge.settings import PREDICT_BATCH_SIZE
 from bertforge.tokenizer import BertTokenizer
 
 POOLINGS = ("mean", "cls", "pooler")
@@ -51,7 +52,7 @@ def embed_texts(
     texts: Sequence[str],
     *,
     pooling: str = "mean",
-    batch_size: int = 32,
+    batch_size: int = PREDICT_BATCH_SIZE,
     max_length: int | None = None,
     normalize: bool = False,
     show_progress: bool = False,

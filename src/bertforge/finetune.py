@@ -29,36 +29,29 @@ from bertforge.data.classification import (
     split_rows,
 )
 from bertforge.distributed import (
-    gather_objects,
     gradient_sync,
     join_processes,
     leave_processes,
     micro_batches_per_step,
     my_share,
-    restore_rank_rng,
-    share_from_main,
     sum_across,
-    unwrap,
     wrap_model,
 )
 from bertforge.errors import BertforgeError
+from bertforge.finetuning import DevScores, end_epoch, start_run
 from bertforge.heads import BertForSequenceClassification
 from bertforge.inference import EncodedInputs, collate
 from bertforge.metrics import classification_report, format_confusion_matrix, pearson, spearman
 from bertforge.model import BertModel
 from bertforge.runtime import autocast, pick_precision
-from bertforge.settings import FinetuneConfig, save_run_settings
+from bertforge.settings import FinetuneConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
-    MetricsLog,
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
-    load_training_state,
     optimizer_step,
     plot_metrics,
-    save_checkpoint,
-    save_model_folder,
     seed_everything,
     set_learning_rate,
     with_learning_rate,
@@ -184,16 +177,8 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
     parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
     steps_per_epoch = math.ceil(len(train_inputs) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
-    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "stale_epochs": 0}
-    if checkpoint is not None:
-        state.update(load_training_state(checkpoint, optimizer))
-        restore_rank_rng(state, processes, settings.seed, state["step"])
-        log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
+    state, metrics = start_run(settings, checkpoint, optimizer, processes)
     model = wrap_model(model, processes, device)
-    resumed_step = state["step"] if checkpoint is not None else None
-    metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
-    if processes.is_main:
-        save_run_settings(settings, run_dir)
     log.info(
         "fine-tuning %s for %s on %d examples (%d inputs) on %s in %s; %d steps",
         model_dir,
@@ -204,6 +189,12 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
         precision,
         total_steps,
     )
+
+    def dev_scores(trained: torch.nn.Module) -> DevScores:
+        scores = evaluate_model(trained, tokenizer, dev, settings, device, precision)
+        value = scores[settings.metric]
+        return DevScores(value, {k: v for k, v in scores.items() if isinstance(v, float)},
+                         f"dev {settings.metric} {value:.4f}")  # fmt: skip
 
     # ---- loop ----
     bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning", unit="step",
@@ -240,30 +231,10 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss_value, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        state["epoch"] += 1
-
-        # ---- evaluate on dev, keep the best (the main process decides, the others follow) ----
-        random_states = gather_objects(torch.get_rng_state(), processes)
-        if processes.is_main:
-            if dev is not None:
-                scores = evaluate_model(unwrap(model), tokenizer, dev, settings, device, precision)
-                model.train()
-                value = scores[settings.metric]
-                metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
-                               **{k: v for k, v in scores.items() if isinstance(v, float)}})  # fmt: skip
-                bar.write(f"epoch {state['epoch']}: dev {settings.metric} {value:.4f}")
-                improved = state["best"] is None or value > state["best"]
-            else:
-                improved, value = True, None
-            if improved:
-                state.update(best=value, best_epoch=state["epoch"], stale_epochs=0)
-                save_model_folder(unwrap(model), tokenizer, run_dir / "model")
-            else:
-                state["stale_epochs"] += 1
-            _save_checkpoint(run_dir, unwrap(model), optimizer, tokenizer, {**state, "rank_torch_rng": random_states})
-        state = share_from_main(state, processes)
-        if settings.early_stopping_patience is not None and state["stale_epochs"] >= settings.early_stopping_patience:
-            log.info("no better dev %s for %d epochs: stopping early", settings.metric, state["stale_epochs"])
+        if end_epoch(state, evaluate=dev_scores if dev is not None else None,
+                     patience=settings.early_stopping_patience, metric=settings.metric, model=model,
+                     optimizer=optimizer, tokenizer=tokenizer, run_dir=run_dir, processes=processes, metrics=metrics,
+                     bar=bar):  # fmt: skip
             break
     bar.close()
 
@@ -310,14 +281,3 @@ def _class_weights(
     counts = np.bincount(targets.astype(np.int64), minlength=classes).astype(np.float64)
     weights = len(targets) / (classes * np.maximum(counts, 1))  # inverse frequency, mean weight 1
     return torch.tensor(weights, dtype=torch.float32, device=device)
-
-
-def _save_checkpoint(
-    run_dir: Path,
-    model: BertForSequenceClassification,
-    optimizer: torch.optim.Optimizer,
-    tokenizer: BertTokenizer,
-    state: dict[str, Any],
-) -> None:
-    """The state after a finished epoch, for --resume (the previous epoch's checkpoint is replaced)."""
-    save_checkpoint(run_dir, state["step"], model, optimizer, state, tokenizer, keep=1)

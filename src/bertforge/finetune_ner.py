@@ -32,36 +32,29 @@ from bertforge.data.tagging import (
     to_bio,
 )
 from bertforge.distributed import (
-    gather_objects,
     gradient_sync,
     join_processes,
     leave_processes,
     micro_batches_per_step,
     my_share,
-    restore_rank_rng,
-    share_from_main,
     sum_across,
-    unwrap,
     wrap_model,
 )
 from bertforge.errors import BertforgeError
+from bertforge.finetuning import DevScores, end_epoch, start_run
 from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
 from bertforge.inference import collate
 from bertforge.ner import encode_sentences, predict_tags, window_labels
 from bertforge.ner_metrics import entity_scores
 from bertforge.runtime import autocast, pick_precision
-from bertforge.settings import NerConfig, save_run_settings
+from bertforge.settings import NerConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
-    MetricsLog,
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
-    load_training_state,
     optimizer_step,
     plot_metrics,
-    save_checkpoint,
-    save_model_folder,
     seed_everything,
     set_learning_rate,
     with_learning_rate,
@@ -136,25 +129,18 @@ def finetune_ner(settings: NerConfig) -> Path:
     labelled = np.asarray([int((window != IGNORE_INDEX).sum()) for window in targets])  # (windows,) the loss's tokens
     steps_per_epoch = math.ceil(len(encoded.inputs) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "stale_epochs": 0}
-    if checkpoint is not None:
-        state.update(load_training_state(checkpoint, optimizer))
-        restore_rank_rng(state, processes, settings.seed, state["step"])
-        log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
+    state, metrics = start_run(settings, checkpoint, optimizer, processes)
     model = wrap_model(model, processes, device)
-    resumed_step = state["step"] if checkpoint is not None else None
-    metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
-    if processes.is_main:
-        save_run_settings(settings, run_dir)
     log.info(
         "fine-tuning %s for %d tags (%s in the files) on %d sentences (%d windows) on %s in %s; %d steps",
         model_dir, len(labels), scheme, len(train), len(encoded.inputs), device, precision, total_steps,
     )  # fmt: skip
 
-    def evaluate(sentences: list[TaggedSentence]) -> dict[str, Any]:
-        scores = evaluate_tagger(unwrap(model), tokenizer, sentences, settings, device, precision)
-        model.train()
-        return scores
+    def dev_scores(trained: torch.nn.Module) -> DevScores:
+        scores = evaluate_tagger(trained, tokenizer, dev, settings, device, precision)
+        record = {"entity_f1": scores["f1"], "entity_precision": scores["precision"],
+                  "entity_recall": scores["recall"], "token_accuracy": scores["token_accuracy"]}  # fmt: skip
+        return DevScores(scores["f1"], record, f"dev entity F1 {scores['f1']:.4f}")
 
     # ---- loop ----
     bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning NER", unit="step",
@@ -191,36 +177,18 @@ def finetune_ner(settings: NerConfig) -> Path:
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.4f}")
-        state["epoch"] += 1
-        # ---- evaluate on dev, keep the best (the main process decides, the others follow) ----
-        random_states = gather_objects(torch.get_rng_state(), processes)
-        if processes.is_main:
-            scores = evaluate(dev) if dev else None
-            if scores is not None:
-                metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
-                               "entity_f1": scores["f1"], "entity_precision": scores["precision"],
-                               "entity_recall": scores["recall"],
-                               "token_accuracy": scores["token_accuracy"]})  # fmt: skip
-                bar.write(f"epoch {state['epoch']}: dev entity F1 {scores['f1']:.4f}")
-            if scores is None or state["best"] is None or scores["f1"] > state["best"]:
-                state.update(best=(scores or {}).get("f1"), best_epoch=state["epoch"], stale_epochs=0)
-                save_model_folder(unwrap(model), tokenizer, run_dir / "model")
-            else:
-                state["stale_epochs"] += 1
-            saved_state = {**state, "rank_torch_rng": random_states}
-            save_checkpoint(run_dir, state["step"], unwrap(model), optimizer, saved_state, tokenizer, keep=1)
-        state = share_from_main(state, processes)
-        patience = settings.early_stopping_patience
-        if patience is not None and state["stale_epochs"] >= patience:
+        if end_epoch(state, evaluate=dev_scores if dev else None, patience=settings.early_stopping_patience,
+                     metric="entity F1", model=model, optimizer=optimizer, tokenizer=tokenizer, run_dir=run_dir,
+                     processes=processes, metrics=metrics, bar=bar):  # fmt: skip
             break
     bar.close()
 
     # ---- test with the best model, report, save ----
     if processes.is_main:
-        model = BertForTokenClassification.from_pretrained(run_dir / "model").to(device)
+        best = BertForTokenClassification.from_pretrained(run_dir / "model").to(device)
         report: dict[str, Any] = {"best_epoch": state["best_epoch"], "dev_entity_f1": state["best"]}
         if test:
-            report["test"] = evaluate(test)
+            report["test"] = evaluate_tagger(best, tokenizer, test, settings, device, precision)
             scores = report["test"]
             print(f"test: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, "
                   f"recall {scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip

@@ -22,35 +22,28 @@ from bertforge.config import BertConfig
 from bertforge.data.classification import bucketed_batches, split_rows
 from bertforge.data.squad import SquadFile, read_squad, resolve_squad
 from bertforge.distributed import (
-    gather_objects,
     gradient_sync,
     join_processes,
     leave_processes,
     micro_batches_per_step,
     my_share,
-    restore_rank_rng,
-    share_from_main,
     sum_across,
-    unwrap,
     wrap_model,
 )
+from bertforge.finetuning import DevScores, end_epoch, start_run
 from bertforge.heads import BertForQuestionAnswering
 from bertforge.inference import collate
 from bertforge.qa import answer_positions, encode_questions, predict_answers
 from bertforge.runtime import autocast, pick_precision
-from bertforge.settings import QaConfig, save_run_settings
+from bertforge.settings import QaConfig
 from bertforge.squad_metrics import squad_scores
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
-    MetricsLog,
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
-    load_training_state,
     optimizer_step,
     plot_metrics,
-    save_checkpoint,
-    save_model_folder,
     seed_everything,
     set_learning_rate,
     with_learning_rate,
@@ -104,21 +97,22 @@ def finetune_qa(settings: QaConfig) -> Path:
     parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
     steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
     total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_scores": None}
-    if checkpoint is not None:
-        state.update(load_training_state(checkpoint, optimizer))
-        restore_rank_rng(state, processes, settings.seed, state["step"])
-        log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
+    state, metrics = start_run(settings, checkpoint, optimizer, processes)
     model = wrap_model(model, processes, device)
-    resumed_step = state["step"] if checkpoint is not None else None
-    metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
-    if processes.is_main:
-        save_run_settings(settings, run_dir)
     log.info(
         "fine-tuning %s for question answering on %d questions (%d windows, %d with the answer) on %s in %s; "
         "%d steps", model_dir, len(train.examples), len(windows), int((starts > 0).sum()), device, precision,
         total_steps,
     )  # fmt: skip
+
+    def dev_scores(trained: torch.nn.Module) -> DevScores:
+        scores, predictions = evaluate_qa(trained, tokenizer, dev, settings, device, precision)
+        return DevScores(
+            scores["f1"], {"exact_match": scores["exact_match"], "f1": scores["f1"]},
+            f"dev exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f}",
+            best_files={"dev_predictions.json": json.dumps(predictions, indent=1, ensure_ascii=False) + "\n"},
+            kept=scores,
+        )  # fmt: skip
 
     # ---- loop ----
     bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning QA", unit="step",
@@ -153,28 +147,10 @@ def finetune_qa(settings: QaConfig) -> Path:
                 metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
                                "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.4f}")
-        state["epoch"] += 1
-
-        # ---- evaluate on dev, keep the best (the main process decides, the others follow) ----
-        random_states = gather_objects(torch.get_rng_state(), processes)
-        if processes.is_main:
-            scores, predictions = (
-                evaluate_qa(unwrap(model), tokenizer, dev, settings, device, precision) if dev else (None, {})
-            )
-            model.train()
-            if scores is not None:
-                metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"],
-                               "exact_match": scores["exact_match"], "f1": scores["f1"]})  # fmt: skip
-                bar.write(f"epoch {state['epoch']}: dev exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f}")
-            if scores is None or state["best"] is None or scores["f1"] > state["best"]:
-                state.update(best=(scores or {}).get("f1"), best_epoch=state["epoch"], best_scores=scores)
-                save_model_folder(unwrap(model), tokenizer, run_dir / "model")
-                if dev:
-                    text = json.dumps(predictions, indent=1, ensure_ascii=False) + "\n"
-                    (run_dir / "dev_predictions.json").write_text(text, encoding="utf-8")
-            saved_state = {**state, "rank_torch_rng": random_states}
-            save_checkpoint(run_dir, state["step"], unwrap(model), optimizer, saved_state, tokenizer, keep=1)
-        state = share_from_main(state, processes)
+        if end_epoch(state, evaluate=dev_scores if dev else None, patience=settings.early_stopping_patience,
+                     metric="F1", model=model, optimizer=optimizer, tokenizer=tokenizer, run_dir=run_dir,
+                     processes=processes, metrics=metrics, bar=bar):  # fmt: skip
+            break
     bar.close()
 
     # ---- report, save ----

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bertforge.runtime import autocast
+from bertforge.settings import EVAL_BATCH_SIZE
 
 
 @dataclass
@@ -69,7 +70,7 @@ def forward_batches(
     *,
     pad_id: int,
     per_token: bool = False,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | None = None,
     precision: str = "fp32",
     progress: str | None = None,

@@ -24,6 +24,7 @@ import torch
 from bertforge.data.tagging import OUTSIDE, repair_bio
 from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
 from bertforge.inference import EncodedInputs, forward_batches, mean_over_windows, softmax
+from bertforge.settings import EVAL_BATCH_SIZE
 from bertforge.tokenizer import BertTokenizer
 
 NO_WORD = -1  # word index of a special token ([CLS], [SEP]), and of pieces that start no word
@@ -96,7 +97,7 @@ def predict_tags(
     *,
     max_length: int,
     stride: int,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> tuple[list[list[str]], list[np.ndarray]]:

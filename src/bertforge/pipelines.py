@@ -32,7 +32,7 @@ from bertforge.ner import NO_WORD, encode_windows, predict_tags
 from bertforge.qa import find_spans, unanswered
 from bertforge.quantize import inference_device, quantize_encoder
 from bertforge.runtime import autocast, pick_precision
-from bertforge.settings import FinetuneConfig, NerConfig, QaConfig, inference_settings
+from bertforge.settings import PREDICT_BATCH_SIZE, FinetuneConfig, NerConfig, QaConfig, inference_settings
 from bertforge.tokenizer import BertTokenizer
 
 TASKS = (
@@ -132,7 +132,9 @@ class TextClassificationPipeline:
         self.settings = settings
         self.labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
 
-    def __call__(self, inputs: TextInput | Sequence[TextInput], top_k: int | None = 1, batch_size: int = 32) -> Any:
+    def __call__(
+        self, inputs: TextInput | Sequence[TextInput], top_k: int | None = 1, batch_size: int = PREDICT_BATCH_SIZE
+    ) -> Any:
         """Classify a text, a (text, text_pair) tuple, a {"text", "text_pair"} dict, or a list of them.
 
         ``top_k=1`` gives one ``{"label", "score"}`` dict per input; a larger ``top_k`` (or None for all) gives
@@ -246,7 +248,7 @@ class TokenClassificationPipeline:
         self.aggregation = aggregation
         self.labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
 
-    def __call__(self, inputs: str | Sequence[str], batch_size: int = 32) -> list:
+    def __call__(self, inputs: str | Sequence[str], batch_size: int = PREDICT_BATCH_SIZE) -> list:
         """A list of entity dicts for a text, or one such list per text for a list of texts."""
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         windows = encode_windows(self.tokenizer, texts, self.settings.max_length, self.settings.window_stride)
@@ -269,7 +271,9 @@ class TokenClassificationPipeline:
         results = [self._entities(text, found, mean) for text, found, mean in zip(texts, pieces, means, strict=True)]
         return results[0] if isinstance(inputs, str) else results
 
-    def tag_words(self, sentences: Sequence[Sequence[str]], batch_size: int = 32) -> list[dict[str, Any]]:
+    def tag_words(
+        self, sentences: Sequence[Sequence[str]], batch_size: int = PREDICT_BATCH_SIZE
+    ) -> list[dict[str, Any]]:
         """Tag sentences given as words (a CoNLL file's tokens) as ``evaluate`` does: one BIO tag per word, read
         from its first piece. Per sentence ``{"tokens", "tags", "entities"}``; an entity's ``start_token`` and
         ``end_token`` (exclusive) count words, its score is the mean of its words' tag probabilities."""
@@ -366,7 +370,7 @@ class QuestionAnsweringPipeline:
         max_question_len: int | None = None,
         max_answer_len: int | None = None,
         handle_impossible_answer: bool = False,
-        batch_size: int = 32,
+        batch_size: int = PREDICT_BATCH_SIZE,
     ) -> Any:
         """``(question=..., context=...)``, a ``{"question", "context"}`` dict, or lists of either.
 
@@ -436,7 +440,7 @@ class FillMaskPipeline:
         self.precision = pick_precision(precision, device)
 
     @torch.inference_mode()
-    def __call__(self, inputs: str | Sequence[str], top_k: int = 5, batch_size: int = 32) -> list:
+    def __call__(self, inputs: str | Sequence[str], top_k: int = 5, batch_size: int = PREDICT_BATCH_SIZE) -> list:
         """For one text with one [MASK]: a list of ``{"token_str", "token", "score", "sequence"}``, best first.
 
         Several [MASK]s give one such list per mask; a list of texts gives one result per text.

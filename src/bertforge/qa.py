@@ -28,7 +28,7 @@ from bertforge.data.squad import QaExample
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForQuestionAnswering
 from bertforge.inference import EncodedInputs, forward_batches
-from bertforge.settings import QaConfig
+from bertforge.settings import EVAL_BATCH_SIZE, QaConfig
 from bertforge.tokenizer import BertTokenizer
 
 NOT_CONTEXT = -1  # offset of a token outside the context (question, specials)
@@ -165,7 +165,7 @@ def find_spans(
     settings: QaConfig,
     *,
     top_k: int = 1,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> tuple[list[list[Span]], np.ndarray]:
@@ -195,7 +195,7 @@ def predict_answers(
     settings: QaConfig,
     *,
     with_unanswerable: bool = False,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> dict[str, str]:

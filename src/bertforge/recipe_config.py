@@ -133,10 +133,24 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
 
 
 def describe_settings(cls: type) -> str:
-    """One line per setting — name, default, and the comment beside its field — for a command's ``--help``."""
-    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), flags=re.MULTILINE))
+    """One line per setting — name, default, and the comment beside its field — for a command's ``--help``.
+
+    The class's own settings come first; those it inherits follow under a heading per base (the first line of the
+    base's docstring), so that a recipe's task settings lead and the shared training-loop settings come after.
+    """
+    classes = [c for c in cls.__mro__ if dataclasses.is_dataclass(c)]  # cls first, then its bases
+    comments: dict[str, str] = {}
+    for c in reversed(classes):  # a subclass's comment replaces its base's, beside a field given another default
+        comments.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(c), flags=re.MULTILINE))
+    # A field belongs to the base that declared it first, where it keeps its place among the dataclass's fields
+    owner = {f.name: next(c for c in reversed(classes) if f.name in inspect.get_annotations(c))
+             for f in dataclasses.fields(cls)}  # fmt: skip
     lines = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else "(required)"
-        lines.append(f"  --{f.name.replace('_', '-'):<28} {default!s:<14} {comments.get(f.name, '')}")
+    for group in classes:
+        if group is not cls and group in owner.values():
+            lines.append((inspect.getdoc(group) or group.__name__).splitlines()[0].rstrip(".").lower() + ":")
+        for f in dataclasses.fields(cls):
+            if owner[f.name] is group:
+                default = f.default if f.default is not dataclasses.MISSING else "(required)"
+                lines.append(f"  --{f.name.replace('_', '-'):<28} {default!s:<14} {comments.get(f.name, '')}")
     return "\n".join(lines)

@@ -18,9 +18,60 @@ from bertforge.assets import resolve_model_dir
 from bertforge.config import BertConfig, check_classifier_pooling
 from bertforge.errors import BertforgeError
 
+# ---- task defaults: each number has this one home; settings, library functions, pipelines and the CLI refer to
+# these names (a fine-tuned model is run with its own run's settings: inference_settings) ----
+MAX_LENGTH = 128  # tokens per input of classification, NER and pretraining, [CLS]/[SEP] included: BERT's length
+QA_MAX_LENGTH = 384  # tokens per question-answering window: question and context piece, as in BERT's SQuAD runs
+WINDOW_STRIDE = 64  # classification: tokens shared by consecutive windows of a long text
+NER_WINDOW_STRIDE = 32  # NER: tokens shared by consecutive windows of a long sentence
+DOC_STRIDE = 128  # QA: context tokens shared by consecutive windows of a long context (BERT's SQuAD setting)
+MAX_QUERY_LENGTH = 64  # QA: questions are cut after this many tokens (BERT's SQuAD setting)
+MAX_ANSWER_LENGTH = 30  # QA: the longest answer, in tokens, that post-processing considers (BERT's SQuAD setting)
+N_BEST = 20  # QA: best start and end positions per window paired into candidate spans
+EVAL_BATCH_SIZE = 64  # inputs per forward pass when a fine-tuning run (or a library function) evaluates
+PREDICT_BATCH_SIZE = 32  # inputs per forward pass of `predict`, `embed` and the pipelines
+
 
 @dataclass
-class PretrainConfig:
+class TrainingSettings:
+    """Training-loop settings shared by every recipe."""
+
+    max_steps: int | None = None  # stop after this many optimizer steps
+    batch_size: int = 32  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
+    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    log_every: int = 10  # steps between training-loss records
+    seed: int = 0  # seeds initialisation (of a new head too), data order, masks and dropout
+    resume: bool = False  # continue from the latest checkpoint in `out`
+    progress: bool = True  # show progress bars
+
+    def __post_init__(self) -> None:
+        if self.gradient_accumulation_steps < 1:
+            raise BertforgeError(f"gradient_accumulation_steps {self.gradient_accumulation_steps} must be at least 1")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise BertforgeError(
+                f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}"
+            )
+
+
+@dataclass
+class FineTuningSettings(TrainingSettings):
+    """Fine-tuning settings shared by every task."""
+
+    epochs: float = 3.0  # passes over the training data (max_steps stops sooner)
+    bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
+    learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
+    warmup: float = 0.1  # share of training spent warming the learning rate up linearly
+    early_stopping_patience: int | None = None  # stop after this many epochs without a better dev score
+    eval_batch_size: int = EVAL_BATCH_SIZE  # inputs per forward pass when evaluating
+
+
+@dataclass
+class PretrainConfig(TrainingSettings):
     """Settings of a pretraining run. Defaults suit a small model on a CPU; see configs/ for tuned files."""
 
     data: str = ""  # folder written by `bertforge data prepare` (shards, manifest, tokenizer)
@@ -30,49 +81,35 @@ class PretrainConfig:
     init_from: str | None = None  # start from this checkpoint folder's weights instead of random ones
     next_sentence_prediction: bool = True  # MLM + NSP as in BERT; false = MLM only on packed text (RoBERTa)
     nsp_loss_weight: float = 1.0  # loss = MLM + this × NSP (BERT: 1)
-    max_seq_length: int = 128  # tokens per example, [CLS]/[SEP] included
+    max_seq_length: int = MAX_LENGTH  # tokens per example, [CLS]/[SEP] included
     short_seq_prob: float = 0.1  # share of NSP examples with a shorter random target length
     mlm_probability: float = 0.15  # share of tokens chosen for prediction
     max_predictions_per_seq: int = 20  # cap on chosen tokens per sequence
     whole_word_masking: bool = False  # choose all pieces of a word together
     batch_size: int = 64  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
     learning_rate: float = 1e-3  # peak learning rate after warm-up
     warmup: float = 0.06  # share of training spent warming the learning rate up linearly
     cooldown: float = 1.0  # share of training at the end spent decaying it linearly to 0; at the peak before
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
     adam_beta1: float = 0.9  # AdamW first-moment decay
     adam_beta2: float = 0.98  # lower than BERT's 0.999: steadier at the high learning rates of short runs
     adam_epsilon: float = 1e-6  # AdamW denominator floor; BERT used 1e-6
-    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
     classifier_pooling: str | None = None  # saved in the model's config: what classifiers fine-tuned from it read
     embedding_init: str = "bert"  # bert: N(0, 0.02); ppmi: word vectors from the corpus's co-occurrences (seconds)
     attention_init: str = "bert"  # bert: N(0, 0.02); mimetic: query·key ≈ identity at the start (learns sooner)
     strategy: str = "ddp"  # under torchrun: "ddp" (a model copy per process) or "fsdp" (parameters sharded)
     low_memory: bool = False  # give freed activations back to the system: ~30% lower peak RSS on CPU, ~15% slower
-    max_steps: int | None = None  # stop after this many optimizer steps
     max_epochs: float | None = None  # stop after this many passes over the training shards
     max_minutes: float | None = None  # stop on wall-clock time; the schedule is laid out over this budget
-    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     eval_every: int = 200  # steps between validation passes
     eval_batches: int = 20  # validation batches of batch_size examples per pass (the same ones every time)
     save_every: int = 500  # steps between checkpoints
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
-    log_every: int = 10  # steps between training-loss records
-    seed: int = 0  # seeds initialisation, example order, masks and dropout
-    resume: bool = False  # continue from the latest checkpoint in `out`
-    progress: bool = True  # show a progress bar
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.data:
             raise BertforgeError("pretraining needs --data, a folder written by `bertforge data prepare`")
-        if self.batch_size % self.gradient_accumulation_steps:
-            raise BertforgeError(
-                f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
-                f"{self.gradient_accumulation_steps}"
-            )
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
         if not 0.0 < self.cooldown <= 1.0:
@@ -87,7 +124,7 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(FineTuningSettings):
     """Settings of a text-classification fine-tuning run (sentiment, topics, sentence pairs, regression)."""
 
     model: str = ""  # checkpoint folder (or packaged model name) to start from; its tokenizer is used
@@ -105,37 +142,16 @@ class FinetuneConfig:
     # dropout, as Cramming does (Geiping & Goldstein, 2022); null keeps the model's config.json values.
     dropout: float | None = 0.1
     bad_rows: str = "fail"  # fail: stop at the first bad row; skip: skip bad rows and report how many
-    max_length: int = 128  # tokens per input, [CLS]/[SEP] included
+    max_length: int = MAX_LENGTH  # tokens per input, [CLS]/[SEP] included
     long_text: str = "truncate"  # truncate, or window: overlapping windows whose logits are averaged
-    window_stride: int = 64  # tokens shared by consecutive windows in window mode
-    epochs: float = 3.0  # passes over the training data
-    max_steps: int | None = None  # stop after this many optimizer steps instead
-    batch_size: int = 32  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
-    bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
-    learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
-    warmup: float = 0.1  # share of training spent warming the learning rate up linearly
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
-    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    window_stride: int = WINDOW_STRIDE  # tokens shared by consecutive windows in window mode
     class_weights: str | None = None  # "balanced" (inverse class frequency) to up-weight rare classes
     metric: str = "accuracy"  # picks the best epoch: accuracy, macro_f1, matthews_corrcoef, pearson, spearman
-    early_stopping_patience: int | None = None  # stop after this many epochs without a better dev metric
-    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
-    device: str = "auto"  # auto, cpu, cuda, ...
-    eval_batch_size: int = 64  # inputs per forward pass when evaluating
-    log_every: int = 10  # steps between training-loss records
-    seed: int = 0  # seeds the new head, batch order and dropout
-    resume: bool = False  # continue from the latest checkpoint in `out`
-    progress: bool = True  # show progress bars
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.model or not self.train:
             raise BertforgeError("fine-tuning needs --model (a checkpoint folder) and --train (a data file)")
-        if self.batch_size % self.gradient_accumulation_steps:
-            raise BertforgeError(
-                f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
-                f"{self.gradient_accumulation_steps}"
-            )
         if self.bad_rows not in ("fail", "skip"):
             raise BertforgeError(f"bad_rows must be fail or skip, got {self.bad_rows!r}")
         check_classifier_pooling(self.classifier_pooling, unset_allowed=True)
@@ -151,7 +167,7 @@ class FinetuneConfig:
 
 
 @dataclass
-class NerConfig:
+class NerConfig(FineTuningSettings):
     """Settings of a named-entity-recognition (token tagging) fine-tuning run."""
 
     model: str = ""  # checkpoint folder (or packaged model name) to start from; its tokenizer is used
@@ -163,27 +179,11 @@ class NerConfig:
     tag_column: int = -1  # column holding the tag (IO, BIO, BIOES or BMES; converted to BIO internally)
     label_all_pieces: bool = False  # train on every word piece, not only the first piece of each word
     random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
-    max_length: int = 128  # tokens per window, [CLS]/[SEP] included
-    window_stride: int = 32  # tokens shared by consecutive windows of a long sentence
-    epochs: float = 3.0  # passes over the training data
-    max_steps: int | None = None  # stop after this many optimizer steps instead
-    batch_size: int = 32  # windows per optimizer step
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
-    bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
-    learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
-    warmup: float = 0.1  # share of training spent warming the learning rate up linearly
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
-    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
-    early_stopping_patience: int | None = None  # stop after this many epochs without a better dev entity F1
-    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
-    device: str = "auto"  # auto, cpu, cuda, ...
-    eval_batch_size: int = 64  # windows per forward pass when evaluating
-    log_every: int = 10  # steps between training-loss records
-    seed: int = 0  # seeds the new head, batch order and dropout
-    resume: bool = False  # continue from the checkpoint of the last finished epoch in `out`
-    progress: bool = True  # show progress bars
+    max_length: int = MAX_LENGTH  # tokens per window, [CLS]/[SEP] included
+    window_stride: int = NER_WINDOW_STRIDE  # tokens shared by consecutive windows of a long sentence
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.model or not self.train:
             raise BertforgeError("NER fine-tuning needs --model (a checkpoint folder) and --train (a CoNLL file)")
         if not 0 <= self.window_stride < self.max_length // 2:
@@ -191,7 +191,7 @@ class NerConfig:
 
 
 @dataclass
-class QaConfig:
+class QaConfig(FineTuningSettings):
     """Settings of an extractive question-answering fine-tuning run (SQuAD v1.1 / v2.0 format)."""
 
     model: str = ""  # checkpoint folder (or packaged model name) to start from; its tokenizer is used
@@ -201,30 +201,16 @@ class QaConfig:
     random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     train_limit: int | None = None  # use only the first N training questions (file order)
     eval_limit: int | None = None  # evaluate on the first N dev questions only
-    max_length: int = 384  # tokens per window: [CLS] question [SEP] context piece [SEP]
-    doc_stride: int = 128  # context tokens shared by consecutive windows of a long context
-    max_query_length: int = 64  # questions are cut after this many tokens
-    max_answer_length: int = 30  # longest answer, in tokens, that post-processing considers
-    n_best: int = 20  # best start and end positions per window that are paired into candidate spans
+    max_length: int = QA_MAX_LENGTH  # tokens per window: [CLS] question [SEP] context piece [SEP]
+    doc_stride: int = DOC_STRIDE  # context tokens shared by consecutive windows of a long context
+    max_query_length: int = MAX_QUERY_LENGTH  # questions are cut after this many tokens
+    max_answer_length: int = MAX_ANSWER_LENGTH  # longest answer, in tokens, that post-processing considers
+    n_best: int = N_BEST  # best start and end positions per window that are paired into candidate spans
     null_threshold: float = 0.0  # SQuAD v2.0: answer "" when the no-answer score beats the best span by this
-    epochs: float = 2.0  # passes over the training windows
-    max_steps: int | None = None  # stop after this many optimizer steps instead
-    batch_size: int = 32  # windows per optimizer step
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
-    bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
-    learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
-    warmup: float = 0.1  # share of training spent warming the learning rate up linearly
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
-    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
-    precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
-    device: str = "auto"  # auto, cpu, cuda, ...
-    eval_batch_size: int = 64  # windows per forward pass when evaluating
-    log_every: int = 10  # steps between training-loss records
-    seed: int = 0  # seeds the new head, batch order and dropout
-    resume: bool = False  # continue from the checkpoint of the last finished epoch in `out`
-    progress: bool = True  # show progress bars
+    epochs: float = 2.0  # passes over the training windows (max_steps stops sooner)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.model or not self.train:
             raise BertforgeError("QA fine-tuning needs --model (a checkpoint folder) and --train (a SQuAD JSON file)")
         for name in ("train_limit", "eval_limit"):

@@ -1,0 +1,109 @@
+"""What the three fine-tuning recipes (classification, NER, QA) share around their training steps: the run state,
+resumed from a checkpoint, and the end of each epoch — evaluate on dev, keep the best model, stop early,
+checkpoint. Plain functions, called from each recipe's straight-line loop.
+
+The run state is a dict of plain Python values, saved in every checkpoint: ``epoch`` and ``step`` done, the best
+dev score so far (``best``), its epoch (``best_epoch``), the scores a recipe keeps of that epoch for its
+report (``best_scores``) and the epochs since it (``stale_epochs``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bertforge.distributed import Processes, gather_objects, restore_rank_rng, share_from_main, unwrap
+from bertforge.settings import FinetuneConfig, NerConfig, QaConfig, save_run_settings
+from bertforge.train import MetricsLog, load_training_state, save_checkpoint, save_model_folder
+
+log = logging.getLogger("bertforge")
+
+
+def start_run(
+    settings: FinetuneConfig | NerConfig | QaConfig,
+    checkpoint: Path | None,
+    optimizer: torch.optim.Optimizer,
+    processes: Processes,
+) -> tuple[dict[str, Any], MetricsLog]:
+    """The run state and metrics log of a fresh run, or of one resumed from ``checkpoint``
+    (:func:`bertforge.train.checkpoint_to_resume`): the optimizer's and this process's random state come back, and
+    the log drops what was written after the checkpoint. The main process saves ``settings`` beside the model."""
+    state: dict[str, Any] = {
+        "epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_scores": None, "stale_epochs": 0,
+    }  # fmt: skip
+    if checkpoint is not None:
+        state.update(load_training_state(checkpoint, optimizer))
+        restore_rank_rng(state, processes, settings.seed, state["step"])
+        log.info("resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
+    run_dir = Path(settings.out)
+    resumed_step = state["step"] if checkpoint is not None else None
+    metrics = MetricsLog(run_dir, resume_from_step=resumed_step, write=processes.is_main)
+    if processes.is_main:
+        save_run_settings(settings, run_dir)
+    return state, metrics
+
+
+@dataclass
+class DevScores:
+    """One evaluation on the dev set, as a recipe reports it to :func:`end_epoch`."""
+
+    value: float  # what picks the best epoch: higher is better
+    record: dict[str, float]  # the epoch's "valid" record in metrics.jsonl (step, split and epoch are added)
+    summary: str  # one line for the progress bar, e.g. "dev entity F1 0.9123"
+    best_files: dict[str, str] = field(default_factory=dict)  # file name → text, written to the run folder if best
+    kept: dict[str, Any] | None = None  # scores the run state keeps of the best epoch, for the final report
+
+
+def end_epoch(
+    state: dict[str, Any],
+    *,
+    evaluate: Callable[[nn.Module], DevScores] | None,
+    patience: int | None,
+    metric: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: Any,
+    run_dir: Path,
+    processes: Processes,
+    metrics: MetricsLog,
+    bar: tqdm,
+) -> bool:
+    """Close an epoch: evaluate, keep the best model in ``run_dir/model``, checkpoint; return whether to stop.
+
+    The main process evaluates (``evaluate`` gets the unwrapped model; None when there is no dev set: every epoch
+    then counts as the best, so the last one is kept), writes the epoch's record to ``metrics``, saves the model
+    when its score beats every earlier epoch's, and replaces the previous epoch's checkpoint with this one, which
+    holds every process's random state for ``--resume``. ``state`` is updated in place; every process ends with
+    the main process's decisions. Training stops once ``patience`` epochs in a row (None: never) brought no better
+    dev ``metric`` (its name, for the log).
+    """
+    state["epoch"] += 1
+    random_states = gather_objects(torch.get_rng_state(), processes)  # a collective: every process takes part
+    if processes.is_main:
+        scores = evaluate(unwrap(model)) if evaluate is not None else None
+        model.train()
+        if scores is not None:
+            metrics.write({"step": state["step"], "split": "valid", "epoch": state["epoch"], **scores.record})
+            bar.write(f"epoch {state['epoch']}: {scores.summary}")
+        if scores is None or state["best"] is None or scores.value > state["best"]:
+            state.update(best=scores.value if scores else None, best_scores=scores.kept if scores else None,
+                         best_epoch=state["epoch"], stale_epochs=0)  # fmt: skip
+            save_model_folder(unwrap(model), tokenizer, run_dir / "model")
+            for name, text in (scores.best_files if scores else {}).items():
+                (run_dir / name).write_text(text, encoding="utf-8")
+        else:
+            state["stale_epochs"] += 1
+        saved_state = {**state, "rank_torch_rng": random_states}
+        save_checkpoint(run_dir, state["step"], unwrap(model), optimizer, saved_state, tokenizer, keep=1)
+    state.update(share_from_main(state, processes))
+    if patience is not None and state["stale_epochs"] >= patience:
+        log.info("no better dev %s for %d epochs: stopping early", metric, state["stale_epochs"])
+        return True
+    return False
