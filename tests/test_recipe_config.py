@@ -4,7 +4,7 @@ import pytest
 
 from bertforge.errors import BertforgeError
 from bertforge.recipe_config import bundled_config, describe_settings, load_recipe_config
-from bertforge.settings import PretrainConfig
+from bertforge.settings import FinetuneConfig, NerConfig, PretrainConfig, QaConfig
 
 
 def test_file_then_overrides(tmp_path):
@@ -42,3 +42,26 @@ def test_bundled_configs_load_and_help_lists_every_setting():
         load_recipe_config(PretrainConfig, name, ["--data", "shards"])
     text = describe_settings(PretrainConfig)
     assert "--learning-rate" in text and "peak learning rate after warm-up" in text
+
+
+def test_fine_tuning_help_lists_the_task_settings_first_then_the_shared_ones():
+    lines = describe_settings(QaConfig).splitlines()
+    headings = [line for line in lines if not line.startswith("  ")]
+    assert headings == ["fine-tuning settings shared by every task:", "training-loop settings shared by every recipe:"]
+    assert lines[0].split()[0] == "--model" and lines.index(headings[0]) > lines.index(next(
+        line for line in lines if line.split()[0] == "--doc-stride"))  # fmt: skip
+    epochs = next(line for line in lines if line.split()[0] == "--epochs")
+    assert epochs.split()[1] == "2.0" and "training windows" in epochs  # QA's own default and comment
+    assert all(line.split()[0].startswith("--") for line in lines if line not in headings)
+
+
+@pytest.mark.parametrize("config", [FinetuneConfig, NerConfig, QaConfig])
+def test_shared_settings_are_checked_and_unknown_ones_refused_in_every_recipe(config):
+    required = ["--model", "m", "--train", "t"]
+    assert load_recipe_config(config, None, [*required, "--early-stopping-patience", "2"]).early_stopping_patience == 2
+    with pytest.raises(BertforgeError, match="must be at least 1"):
+        load_recipe_config(config, None, [*required, "--gradient-accumulation-steps", "0"])
+    with pytest.raises(BertforgeError, match="not divisible by gradient_accumulation_steps 3"):
+        load_recipe_config(config, None, [*required, "--gradient-accumulation-steps", "3"])
+    with pytest.raises(BertforgeError, match="unknown setting --max-epochs"):
+        load_recipe_config(config, None, [*required, "--max-epochs", "2"])  # pretraining's, not fine-tuning's

@@ -26,31 +26,27 @@ from bertforge.data.classification import (
     ClassificationFile,
     bucketed_batches,
     read_classification_file,
-    split_rows,
 )
 from bertforge.distributed import (
-    gradient_sync,
     join_processes,
     leave_processes,
     micro_batches_per_step,
-    my_share,
     sum_across,
     wrap_model,
 )
 from bertforge.errors import BertforgeError
-from bertforge.finetuning import DevScores, end_epoch, start_run
+from bertforge.finetuning import DevScores, end_epoch, start_run, train_step
 from bertforge.heads import BertForSequenceClassification
 from bertforge.inference import EncodedInputs, collate
 from bertforge.metrics import classification_report, format_confusion_matrix, pearson, spearman
 from bertforge.model import BertModel
-from bertforge.runtime import autocast, pick_precision
+from bertforge.runtime import pick_precision
 from bertforge.settings import FinetuneConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
-    optimizer_step,
     plot_metrics,
     seed_everything,
     set_learning_rate,
@@ -190,6 +186,12 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
         total_steps,
     )
 
+    def loss_of(rows: np.ndarray) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in collate(train_inputs, rows, tokenizer.pad_token_id).items()}
+        label_dtype = torch.float32 if settings.regression else torch.long
+        batch_labels = torch.as_tensor(targets[rows], dtype=label_dtype, device=device)
+        return model(**batch, labels=batch_labels, class_weights=class_weights).loss
+
     def dev_scores(trained: torch.nn.Module) -> DevScores:
         scores = evaluate_model(trained, tokenizer, dev, settings, device, precision)
         value = scores[settings.metric]
@@ -211,19 +213,9 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
             lr = set_learning_rate(
                 optimizer, settings.learning_rate, learning_rate_factor(state["step"] / total_steps, settings.warmup)
             )
-            micro_batches = split_rows(step_rows, parts_per_step)
-            share = my_share(micro_batches, [[counted[rows].sum()] for rows in micro_batches], processes)
-            loss_value = 0.0
-            for index, (rows, (weight,)) in enumerate(share):
-                batch = {k: v.to(device) for k, v in collate(train_inputs, rows, tokenizer.pad_token_id).items()}
-                label_dtype = torch.float32 if settings.regression else torch.long
-                batch_labels = torch.as_tensor(targets[rows], dtype=label_dtype, device=device)
-                with gradient_sync(model, last=index == len(share) - 1):
-                    with autocast(precision, device):
-                        out = model(**batch, labels=batch_labels, class_weights=class_weights)
-                    (out.loss * weight).backward()
-                loss_value += float(out.loss.detach()) * weight / processes.world_size
-            optimizer_step(model, optimizer, settings.max_grad_norm)
+            loss_value = train_step(model, optimizer, step_rows, counted, loss_of, parts=parts_per_step,
+                                    max_grad_norm=settings.max_grad_norm, processes=processes, precision=precision,
+                                    device=device)  # fmt: skip
             state["step"] += 1
             bar.update(1)
             if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective

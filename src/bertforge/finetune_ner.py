@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
 from bertforge.config import BertConfig
-from bertforge.data.classification import bucketed_batches, split_rows
+from bertforge.data.classification import bucketed_batches
 from bertforge.data.tagging import (
     OUTSIDE,
     TaggedSentence,
@@ -32,28 +32,25 @@ from bertforge.data.tagging import (
     to_bio,
 )
 from bertforge.distributed import (
-    gradient_sync,
     join_processes,
     leave_processes,
     micro_batches_per_step,
-    my_share,
     sum_across,
     wrap_model,
 )
 from bertforge.errors import BertforgeError
-from bertforge.finetuning import DevScores, end_epoch, start_run
+from bertforge.finetuning import DevScores, end_epoch, start_run, train_step
 from bertforge.heads import IGNORE_INDEX, BertForTokenClassification
 from bertforge.inference import collate
 from bertforge.ner import encode_sentences, predict_tags, window_labels
 from bertforge.ner_metrics import entity_scores
-from bertforge.runtime import autocast, pick_precision
+from bertforge.runtime import pick_precision
 from bertforge.settings import NerConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
-    optimizer_step,
     plot_metrics,
     seed_everything,
     set_learning_rate,
@@ -136,6 +133,12 @@ def finetune_ner(settings: NerConfig) -> Path:
         model_dir, len(labels), scheme, len(train), len(encoded.inputs), device, precision, total_steps,
     )  # fmt: skip
 
+    def loss_of(rows: np.ndarray) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in collate(encoded.inputs, rows, tokenizer.pad_token_id).items()}
+        width = batch["input_ids"].shape[1]
+        label_rows = [np.pad(targets[r], (0, width - len(targets[r])), constant_values=IGNORE_INDEX) for r in rows]
+        return model(**batch, labels=torch.as_tensor(np.stack(label_rows), device=device)).loss
+
     def dev_scores(trained: torch.nn.Module) -> DevScores:
         scores = evaluate_tagger(trained, tokenizer, dev, settings, device, precision)
         record = {"entity_f1": scores["f1"], "entity_precision": scores["precision"],
@@ -155,21 +158,10 @@ def finetune_ner(settings: NerConfig) -> Path:
                 break
             lr = set_learning_rate(optimizer, settings.learning_rate,
                                    learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
-            micro_batches = split_rows(step_rows, parts_per_step)
             # The loss is a mean over labelled tokens, whose number differs between micro-batches of equal size.
-            share = my_share(micro_batches, [[labelled[rows].sum()] for rows in micro_batches], processes)
-            loss_value = 0.0
-            for index, (rows, (weight,)) in enumerate(share):
-                batch = {k: v.to(device) for k, v in collate(encoded.inputs, rows, tokenizer.pad_token_id).items()}
-                width = batch["input_ids"].shape[1]
-                label_rows = [np.pad(targets[r], (0, width - len(targets[r])), constant_values=IGNORE_INDEX)
-                              for r in rows]  # fmt: skip
-                with gradient_sync(model, last=index == len(share) - 1):
-                    with autocast(precision, device):
-                        out = model(**batch, labels=torch.as_tensor(np.stack(label_rows), device=device))
-                    (out.loss * weight).backward()
-                loss_value += float(out.loss.detach()) * weight / processes.world_size
-            optimizer_step(model, optimizer, settings.max_grad_norm)
+            loss_value = train_step(model, optimizer, step_rows, labelled, loss_of, parts=parts_per_step,
+                                    max_grad_norm=settings.max_grad_norm, processes=processes, precision=precision,
+                                    device=device)  # fmt: skip
             state["step"] += 1
             bar.update(1)
             if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective

@@ -14,27 +14,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
 from bertforge.config import BertConfig
-from bertforge.data.classification import bucketed_batches, split_rows
+from bertforge.data.classification import bucketed_batches
 from bertforge.data.squad import SquadFile, read_squad, resolve_squad
 from bertforge.distributed import (
-    gradient_sync,
     join_processes,
     leave_processes,
     micro_batches_per_step,
-    my_share,
     sum_across,
     wrap_model,
 )
-from bertforge.finetuning import DevScores, end_epoch, start_run
+from bertforge.finetuning import DevScores, end_epoch, start_run, train_step
 from bertforge.heads import BertForQuestionAnswering
 from bertforge.inference import collate
 from bertforge.qa import answer_positions, encode_questions, predict_answers
-from bertforge.runtime import autocast, pick_precision
+from bertforge.runtime import pick_precision
 from bertforge.settings import QaConfig
 from bertforge.squad_metrics import squad_scores
 from bertforge.tokenizer import BertTokenizer
@@ -42,7 +41,6 @@ from bertforge.train import (
     build_optimizer,
     checkpoint_to_resume,
     learning_rate_factor,
-    optimizer_step,
     plot_metrics,
     seed_everything,
     set_learning_rate,
@@ -105,6 +103,14 @@ def finetune_qa(settings: QaConfig) -> Path:
         total_steps,
     )  # fmt: skip
 
+    # Every window has its start and end inside it ([CLS] when absent): the loss is a mean over windows.
+    per_window = np.ones(len(windows))
+
+    def loss_of(rows: np.ndarray) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in collate(windows.inputs, rows, tokenizer.pad_token_id).items()}
+        return model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
+                     end_positions=torch.as_tensor(ends[rows], device=device)).loss  # fmt: skip
+
     def dev_scores(trained: torch.nn.Module) -> DevScores:
         scores, predictions = evaluate_qa(trained, tokenizer, dev, settings, device, precision)
         return DevScores(
@@ -127,19 +133,9 @@ def finetune_qa(settings: QaConfig) -> Path:
                 break
             lr = set_learning_rate(optimizer, settings.learning_rate,
                                    learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
-            micro_batches = split_rows(step_rows, parts_per_step)
-            # Every window has its start and end inside it ([CLS] when absent): the loss is a mean over windows.
-            share = my_share(micro_batches, [[len(rows)] for rows in micro_batches], processes)
-            loss_value = 0.0
-            for index, (rows, (weight,)) in enumerate(share):
-                batch = {k: v.to(device) for k, v in collate(windows.inputs, rows, tokenizer.pad_token_id).items()}
-                with gradient_sync(model, last=index == len(share) - 1):
-                    with autocast(precision, device):
-                        out = model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
-                                    end_positions=torch.as_tensor(ends[rows], device=device))  # fmt: skip
-                    (out.loss * weight).backward()
-                loss_value += float(out.loss.detach()) * weight / processes.world_size
-            optimizer_step(model, optimizer, settings.max_grad_norm)
+            loss_value = train_step(model, optimizer, step_rows, per_window, loss_of, parts=parts_per_step,
+                                    max_grad_norm=settings.max_grad_norm, processes=processes, precision=precision,
+                                    device=device)  # fmt: skip
             state["step"] += 1
             bar.update(1)
             if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective

@@ -1,6 +1,7 @@
-"""What the three fine-tuning recipes (classification, NER, QA) share around their training steps: the run state,
-resumed from a checkpoint, and the end of each epoch — evaluate on dev, keep the best model, stop early,
-checkpoint. Plain functions, called from each recipe's straight-line loop.
+"""What the three fine-tuning recipes (classification, NER, QA) share: the run state, resumed from a checkpoint;
+one optimizer step over micro-batches (gradient accumulation, several processes); and the end of each epoch —
+evaluate on dev, keep the best model, stop early, checkpoint. Plain functions, called from each recipe's
+straight-line loop.
 
 The run state is a dict of plain Python values, saved in every checkpoint: ``epoch`` and ``step`` done, the best
 dev score so far (``best``), its epoch (``best_epoch``), the scores a recipe keeps of that epoch for its
@@ -15,13 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bertforge.distributed import Processes, gather_objects, restore_rank_rng, share_from_main, unwrap
+from bertforge.data.classification import split_rows
+from bertforge.distributed import (
+    Processes,
+    gather_objects,
+    gradient_sync,
+    my_share,
+    restore_rank_rng,
+    share_from_main,
+    unwrap,
+)
+from bertforge.runtime import autocast
 from bertforge.settings import FinetuneConfig, NerConfig, QaConfig, save_run_settings
-from bertforge.train import MetricsLog, load_training_state, save_checkpoint, save_model_folder
+from bertforge.train import MetricsLog, load_training_state, optimizer_step, save_checkpoint, save_model_folder
 
 log = logging.getLogger("bertforge")
 
@@ -48,6 +60,41 @@ def start_run(
     if processes.is_main:
         save_run_settings(settings, run_dir)
     return state, metrics
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rows: np.ndarray,
+    counts: np.ndarray,
+    loss_of: Callable[[np.ndarray], torch.Tensor],
+    *,
+    parts: int,
+    max_grad_norm: float,
+    processes: Processes,
+    precision: str,
+    device: torch.device,
+) -> float:
+    """One optimizer step on the global batch ``rows``, cut into ``parts`` micro-batches shared out among the
+    processes (:func:`bertforge.distributed.micro_batches_per_step`: accumulation steps × processes).
+
+    ``loss_of(micro_rows)`` is the model's loss on those rows, a mean over the items ``counts`` gives per row (1
+    per input, labelled tokens per window, class weights); each micro-batch's loss is weighted by its share of the
+    step's items, so the gradients add up to those of the mean over the whole batch
+    (:func:`bertforge.distributed.my_share`), synchronised across processes once, in the last backward pass.
+    Returns this process's part of that mean loss (:func:`bertforge.distributed.sum_across` adds the parts).
+    """
+    micro_batches = split_rows(rows, parts)
+    share = my_share(micro_batches, [[counts[micro].sum()] for micro in micro_batches], processes)
+    loss_value = 0.0
+    for index, (micro, (weight,)) in enumerate(share):
+        with gradient_sync(model, last=index == len(share) - 1):
+            with autocast(precision, device):
+                loss = loss_of(micro)
+            (loss * weight).backward()
+        loss_value += float(loss.detach()) * weight / processes.world_size
+    optimizer_step(model, optimizer, max_grad_norm)
+    return loss_value
 
 
 @dataclass

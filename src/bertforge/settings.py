@@ -21,6 +21,8 @@ from bertforge.errors import BertforgeError
 # ---- task defaults: each number has this one home; settings, library functions, pipelines and the CLI refer to
 # these names (a fine-tuned model is run with its own run's settings: inference_settings) ----
 MAX_LENGTH = 128  # tokens per input of classification, NER and pretraining, [CLS]/[SEP] included: BERT's length
+MLM_PROBABILITY = 0.15  # pretraining: share of tokens chosen for masked-LM prediction, as in BERT
+MAX_PREDICTIONS_PER_SEQ = 20  # pretraining: cap on chosen tokens per sequence (Google's recipe: 20 at length 128)
 QA_MAX_LENGTH = 384  # tokens per question-answering window: question and context piece, as in BERT's SQuAD runs
 WINDOW_STRIDE = 64  # classification: tokens shared by consecutive windows of a long text
 NER_WINDOW_STRIDE = 32  # NER: tokens shared by consecutive windows of a long sentence
@@ -83,8 +85,8 @@ class PretrainConfig(TrainingSettings):
     nsp_loss_weight: float = 1.0  # loss = MLM + this × NSP (BERT: 1)
     max_seq_length: int = MAX_LENGTH  # tokens per example, [CLS]/[SEP] included
     short_seq_prob: float = 0.1  # share of NSP examples with a shorter random target length
-    mlm_probability: float = 0.15  # share of tokens chosen for prediction
-    max_predictions_per_seq: int = 20  # cap on chosen tokens per sequence
+    mlm_probability: float = MLM_PROBABILITY  # share of tokens chosen for prediction
+    max_predictions_per_seq: int = MAX_PREDICTIONS_PER_SEQ  # cap on chosen tokens per sequence
     whole_word_masking: bool = False  # choose all pieces of a word together
     batch_size: int = 64  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
     learning_rate: float = 1e-3  # peak learning rate after warm-up

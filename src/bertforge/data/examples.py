@@ -22,6 +22,7 @@ from bertforge.data.classification import split_rows
 from bertforge.data.masking import MaskingConfig, mask_tokens
 from bertforge.data.shard_reader import ShardedCorpus
 from bertforge.errors import BertforgeError
+from bertforge.settings import MAX_LENGTH
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class PretrainingExamples:
         special: SpecialIds,
         masking: MaskingConfig,
         *,
-        max_seq_length: int = 128,
+        max_seq_length: int = MAX_LENGTH,
         short_seq_prob: float = 0.1,
         next_sentence_prediction: bool = True,
         word_start_table: np.ndarray | None = None,

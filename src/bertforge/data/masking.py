@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertforge.settings import MAX_PREDICTIONS_PER_SEQ, MLM_PROBABILITY
+
 IGNORE_INDEX = -100  # label of positions without a prediction target (PyTorch's cross-entropy default)
 
 
@@ -24,8 +26,8 @@ class MaskingConfig:
 
     mask_token_id: int  # id of [MASK]
     replacement_ids: np.ndarray  # ids a chosen token may be randomly replaced by: ordinary tokens only
-    mlm_probability: float = 0.15  # share of candidate tokens chosen for prediction
-    max_predictions_per_seq: int = 20  # cap per sequence, as in Google's recipe (20 at length 128)
+    mlm_probability: float = MLM_PROBABILITY  # share of candidate tokens chosen for prediction
+    max_predictions_per_seq: int = MAX_PREDICTIONS_PER_SEQ  # cap on chosen tokens per sequence
     mask_fraction: float = 0.8  # of the chosen: share replaced by [MASK]
     random_fraction: float = 0.1  # of the chosen: share replaced by a random token; the rest stay unchanged
 
