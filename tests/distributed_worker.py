@@ -14,10 +14,10 @@ import sys
 
 import torch
 
-from bertforge import finetune, finetune_ner, finetune_qa, pretrain
+from bertforge import finetuning, pretrain
 from bertforge.cli import main
 
-RECIPES = (finetune, finetune_ner, finetune_qa, pretrain)
+RECIPES = (finetuning, pretrain)  # where the recipes' optimizer steps are taken
 rank = os.environ.get("RANK")
 steps_started = [0]  # optimizer steps this process has reached
 
