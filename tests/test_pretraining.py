@@ -5,6 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from bertforge.cli import main
 from bertforge.data.examples import Pair
@@ -207,3 +209,14 @@ def test_learning_rate_schedule(cooldown, expected):
     progress = [0.0, 0.05, 0.1, 0.19, 0.4, 0.75, 1.0]
     factors = [learning_rate_factor(p, warmup=0.1, cooldown=cooldown) for p in progress]
     assert factors == pytest.approx(expected)
+
+
+def test_frozen_word_embeddings_keep_their_ppmi_start_while_the_layers_learn(shards, tmp_path):
+    first = pretrain(settings(shards, tmp_path, max_steps=1, learning_rate=1e-9, out=str(tmp_path / "start"),
+                              embedding_init="ppmi", freeze_word_embeddings=True))  # fmt: skip
+    later = pretrain(settings(shards, tmp_path, max_steps=4, embedding_init="ppmi", freeze_word_embeddings=True))
+    start, end = load_file(first / "model.safetensors"), load_file(later / "model.safetensors")
+    word = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(start[word], end[word])
+    assert not torch.equal(start["bert.encoder.layer.0.attention.self.query.weight"],
+                           end["bert.encoder.layer.0.attention.self.query.weight"])  # fmt: skip

@@ -98,6 +98,7 @@ class PretrainConfig(TrainingSettings):
     dropout: float | None = None  # overrides both dropout rates (Cramming uses 0 for short budgets)
     classifier_pooling: str | None = None  # saved in the model's config: what classifiers fine-tuned from it read
     embedding_init: str = "bert"  # bert: N(0, 0.02); ppmi: word vectors from the corpus's co-occurrences (seconds)
+    freeze_word_embeddings: bool = False  # keep the word-embedding table (and the tied MLM decoder) at its start
     attention_init: str = "bert"  # bert: N(0, 0.02); mimetic: query·key ≈ identity at the start (learns sooner)
     strategy: str = "ddp"  # under torchrun: "ddp" (a model copy per process) or "fsdp" (parameters sharded)
     low_memory: bool = False  # give freed activations back to the system: ~30% lower peak RSS on CPU, ~15% slower
