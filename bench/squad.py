@@ -1,14 +1,17 @@
 """Fine-tuning MiniLM-L6 for SQuAD v1.1: bertforge's recipe vs transformers' BertForQuestionAnswering.
 
 Both sides: the first 4,000 training questions, 1 epoch, batch 32, AdamW lr 5e-5 (no decay on biases/LayerNorm,
-weight decay 0.01, eps 1e-6, fused kernel), 10% linear warm-up then linear decay, gradient clipping 1.0, seed 0,
-the same precision; evaluated on the first 1,000 dev questions with the official exact match / F1. Both read the same
-windows (max_length 256, doc_stride 128, max_query_length 64: bertforge's preprocessing, whose token ids equal
-transformers' BertTokenizer, see tests/test_tokenizer.py) and share one post-processing (n-best 20,
-max_answer_length 30), so the comparison is about the model and training loop. transformers gets a plain loop in
-the style of its examples: windows shuffled, each batch padded to its longest.
+weight decay 0.01, eps 1e-6, fused kernel), 10% linear warm-up then linear decay, gradient clipping 1.0, seed 0 or
+--seed (initialisation of the head, window order, dropout), the same precision, the same device; evaluated on the
+first 1,000 dev questions with the official exact match / F1. Both read the same windows (max_length 256,
+doc_stride 128, max_query_length 64: bertforge's preprocessing, whose token ids equal transformers'
+BertTokenizer, see tests/test_tokenizer.py) and share one post-processing and its batching (dev windows sorted by
+length, 64 per forward pass; n-best 20, max_answer_length 30), so the comparison is about the model and training
+loop. Both train on random batches of windows, each padded to its longest; transformers in a plain loop in the
+style of its examples. What only one side gets is printed next to the ratio (ONLY_BERTFORGE).
 
-    .venv/bin/python -m bench.squad [--precision fp32|bf16] [--train-limit 4000] [--eval-limit 1000]
+    .venv/bin/python -m bench.squad [--precision fp32|bf16] [--seed N] [--device cpu|cuda] [--train-limit 4000]
+        [--eval-limit 1000]
 """
 
 from __future__ import annotations
@@ -25,11 +28,18 @@ import torch
 
 from bench.common import machine, peak_rss_mb, run_child, transformers_adamw
 
-BATCH, LEARNING_RATE, WARMUP, SEED = 32, 5e-5, 0.1, 0
+BATCH, LEARNING_RATE, WARMUP = 32, 5e-5, 0.1
 MAX_LENGTH, DOC_STRIDE, MAX_QUERY_LENGTH = 256, 128, 64
+# What one side gets and the other does not, printed beside the ratio: the rest (batches, optimizer, schedule,
+# windows, evaluation batching and post-processing) is the same on both sides.
+ONLY_BERTFORGE = {
+    "cpu": "bertforge alone runs each batch on its real tokens only (unpadded; attention per window beyond 128 "
+    "tokens), in training and evaluation",
+    "cuda": "nothing: on a GPU bertforge runs padded batches, as transformers does",
+}
 
 
-def bertforge_side(precision: str, train_limit: int, eval_limit: int) -> dict:
+def bertforge_side(precision: str, train_limit: int, eval_limit: int, seed: int, device: str) -> dict:
     from bertforge.finetune_qa import finetune_qa
     from bertforge.settings import QaConfig
 
@@ -37,8 +47,8 @@ def bertforge_side(precision: str, train_limit: int, eval_limit: int) -> dict:
         settings = QaConfig(
             model="all-MiniLM-L6-v2", train="squad_v1", out=out, train_limit=train_limit, eval_limit=eval_limit,
             max_length=MAX_LENGTH, doc_stride=DOC_STRIDE, max_query_length=MAX_QUERY_LENGTH, epochs=1,
-            batch_size=BATCH, learning_rate=LEARNING_RATE, warmup=WARMUP, seed=SEED, precision=precision,
-            progress=False,
+            batch_size=BATCH, learning_rate=LEARNING_RATE, warmup=WARMUP, seed=seed, precision=precision,
+            progress=False, device=device,
         )  # fmt: skip
         started = time.perf_counter()
         finetune_qa(settings)
@@ -47,7 +57,7 @@ def bertforge_side(precision: str, train_limit: int, eval_limit: int) -> dict:
     return {"exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": seconds}
 
 
-def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict:
+def transformers_side(precision: str, train_limit: int, eval_limit: int, seed: int, device: str) -> dict:
     import transformers
 
     from bertforge.assets import fetch
@@ -62,8 +72,9 @@ def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict
     tokenizer = BertTokenizer.from_pretrained(folder)
     train = read_squad(resolve_squad("squad_v1", "train"), train_limit).examples
     dev = read_squad(resolve_squad("squad_v1", "dev"), eval_limit).examples
-    torch.manual_seed(SEED)
-    model = transformers.BertForQuestionAnswering.from_pretrained(folder)
+    torch.manual_seed(seed)
+    model = transformers.BertForQuestionAnswering.from_pretrained(folder).to(device)
+    device_type = torch.device(device).type
     optimizer = transformers_adamw(model, LEARNING_RATE)
     started = time.perf_counter()
     windows = encode_questions(
@@ -77,13 +88,13 @@ def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict
         optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
     )
     model.train()
-    order = np.random.default_rng(SEED).permutation(len(windows))
+    order = np.random.default_rng(seed).permutation(len(windows))
     for first in range(0, len(order), BATCH):
         rows = order[first : first + BATCH]
-        batch = collate(windows.inputs, rows, tokenizer.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(**batch, start_positions=torch.as_tensor(starts[rows]),
-                         end_positions=torch.as_tensor(ends[rows])).loss  # fmt: skip
+        batch = {k: v.to(device) for k, v in collate(windows.inputs, rows, tokenizer.pad_token_id).items()}
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**batch, start_positions=torch.as_tensor(starts[rows], device=device),
+                         end_positions=torch.as_tensor(ends[rows], device=device)).loss  # fmt: skip
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -97,7 +108,8 @@ def transformers_side(precision: str, train_limit: int, eval_limit: int) -> dict
     model.eval()
     settings = QaConfig(model=str(folder), train="squad_v1", max_length=MAX_LENGTH, doc_stride=DOC_STRIDE,
                         max_query_length=MAX_QUERY_LENGTH)  # fmt: skip
-    predictions = predict_answers(Reader(), tokenizer, dev, settings, precision=precision)
+    predictions = predict_answers(Reader(), tokenizer, dev, settings, device=torch.device(device),
+                                  precision=precision)  # fmt: skip
     seconds = time.perf_counter() - started
     scores = squad_scores(predictions, {e.id: [a.text for a in e.answers] for e in dev})
     return {"exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": seconds}
@@ -108,26 +120,33 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--train-limit", type=int, default=4000)
     parser.add_argument("--eval-limit", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0, help="head initialisation, window order and dropout, both sides")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     parser.add_argument("--child", choices=("bertforge", "transformers"))
     args = parser.parse_args()
     if args.child:
         side = bertforge_side if args.child == "bertforge" else transformers_side
-        print(json.dumps({**side(args.precision, args.train_limit, args.eval_limit), "peak_rss_mb": peak_rss_mb()}))
+        result = side(args.precision, args.train_limit, args.eval_limit, args.seed, args.device)
+        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     print(machine())
+    if args.device != "cpu":
+        print(torch.cuda.get_device_name(args.device))
     print(f"MiniLM-L6 on SQuAD v1.1: first {args.train_limit:,} training questions, 1 epoch, batch {BATCH}, "
           f"lr {LEARNING_RATE}, max_length {MAX_LENGTH}, doc_stride {DOC_STRIDE}; first {args.eval_limit:,} dev "
-          f"questions; {args.precision}")  # fmt: skip
+          f"questions; {args.precision}, {args.device}, seed {args.seed}")  # fmt: skip
     results = {}
     for side in ("transformers", "bertforge"):
-        limits = ["--train-limit", str(args.train_limit), "--eval-limit", str(args.eval_limit)]
-        r = results[side] = run_child("bench.squad", "--child", side, "--precision", args.precision, *limits)
+        options = ["--train-limit", str(args.train_limit), "--eval-limit", str(args.eval_limit), "--seed",
+                   str(args.seed), "--device", args.device, "--precision", args.precision]  # fmt: skip
+        r = results[side] = run_child("bench.squad", "--child", side, *options)
         print(f"  {side:<13} exact match {r['exact_match']:6.2f}  F1 {r['f1']:6.2f}  fine-tuning + evaluation "
               f"{r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
     ours, theirs = results["bertforge"], results["transformers"]
     print(f"  difference (bertforge - transformers): exact match {ours['exact_match'] - theirs['exact_match']:+.2f}, "
           f"F1 {ours['f1'] - theirs['f1']:+.2f}")  # fmt: skip
-    print(f"  speed ratio: {theirs['seconds'] / ours['seconds']:.2f}x")
+    print(f"  speed ratio: {theirs['seconds'] / ours['seconds']:.2f}x; only one side gets: "
+          f"{ONLY_BERTFORGE[torch.device(args.device).type]}")  # fmt: skip
 
 
 if __name__ == "__main__":
