@@ -52,7 +52,7 @@ def pick_precision(requested: str, device: torch.device) -> str:
 # (kernels.PackedBatch) bring new token counts, so new shapes, at every step: in SQuAD fine-tuning the caches grew
 # by 10-30 MB a step, and their long-lived entries, scattered between freed activations, kept the heap from
 # shrinking: 3,230 MB peak after 48 steps, 1,653 MB with 64 entries, the same scores, no measurable loss of speed
-# (recompiling one kernel takes ~0.1 ms; bench/RESULTS.md, 2026-12-06).
+# (recompiling one kernel takes ~0.1 ms; bench/RESULTS.md, 2026-12-05).
 KERNEL_CACHE_CAPACITY = 64
 KERNEL_CACHE_SETTINGS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneDNN's, ideep's
 
