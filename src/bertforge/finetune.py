@@ -9,14 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
 from bertforge.classify import encode_texts, predict_logits
@@ -24,18 +21,15 @@ from bertforge.config import BertConfig
 from bertforge.data.catalogue import DATASETS, resolve_dataset
 from bertforge.data.classification import (
     ClassificationFile,
-    bucketed_batches,
     read_classification_file,
 )
 from bertforge.distributed import (
     join_processes,
     leave_processes,
-    micro_batches_per_step,
-    sum_across,
     wrap_model,
 )
 from bertforge.errors import BertforgeError
-from bertforge.finetuning import DevScores, end_epoch, start_run, train_step
+from bertforge.finetuning import DevScores, planned_steps, start_run, train_epochs
 from bertforge.heads import BertForSequenceClassification
 from bertforge.inference import EncodedInputs, collate
 from bertforge.metrics import classification_report, format_confusion_matrix, pearson, spearman
@@ -46,10 +40,8 @@ from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
     build_optimizer,
     checkpoint_to_resume,
-    learning_rate_factor,
     plot_metrics,
     seed_everything,
-    set_learning_rate,
     with_learning_rate,
 )
 
@@ -169,10 +161,7 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
     # What each input counts for in the loss, a mean: its class weight (a weighted cross-entropy divides by their
     # sum), else 1. Micro-batches of one step are weighted by their share of the step's total.
     counted = np.ones(len(targets)) if class_weights is None else class_weights.cpu().numpy()[targets.astype(int)]
-    # batch_size is the global batch: the same steps and data order whatever the number of processes
-    parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
-    steps_per_epoch = math.ceil(len(train_inputs) / settings.batch_size)
-    total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
+    total_steps = planned_steps(settings, len(train_inputs))
     state, metrics = start_run(settings, checkpoint, optimizer, processes)
     model = wrap_model(model, processes, device)
     log.info(
@@ -199,36 +188,11 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
                          f"dev {settings.metric} {value:.4f}")  # fmt: skip
 
     # ---- loop ----
-    bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning", unit="step",
-               disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
-    started = time.perf_counter()
-    while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
-        steps = bucketed_batches(
-            [len(ids) for ids in train_inputs.input_ids], settings.batch_size, shuffle=True, seed=settings.seed,
-            epoch=state["epoch"], bucket_batches=settings.bucket_batches,
-        )  # fmt: skip
-        for step_rows in steps:
-            if state["step"] >= total_steps:
-                break
-            lr = set_learning_rate(
-                optimizer, settings.learning_rate, learning_rate_factor(state["step"] / total_steps, settings.warmup)
-            )
-            loss_value = train_step(model, optimizer, step_rows, counted, loss_of, parts=parts_per_step,
-                                    max_grad_norm=settings.max_grad_norm, processes=processes, precision=precision,
-                                    device=device)  # fmt: skip
-            state["step"] += 1
-            bar.update(1)
-            if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective
-                (loss_value,) = sum_across([loss_value], processes)
-                metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
-                               "loss": loss_value, "elapsed": time.perf_counter() - started})  # fmt: skip
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        if end_epoch(state, evaluate=dev_scores if dev is not None else None,
-                     patience=settings.early_stopping_patience, metric=settings.metric, model=model,
-                     optimizer=optimizer, tokenizer=tokenizer, run_dir=run_dir, processes=processes, metrics=metrics,
-                     bar=bar):  # fmt: skip
-            break
-    bar.close()
+    train_epochs(state, settings=settings, model=model, optimizer=optimizer,
+                 lengths=[len(ids) for ids in train_inputs.input_ids], counts=counted, loss_of=loss_of,
+                 evaluate=dev_scores if dev is not None else None, metric=settings.metric, total_steps=total_steps,
+                 tokenizer=tokenizer, run_dir=run_dir, metrics=metrics, processes=processes, precision=precision,
+                 device=device, description="fine-tuning")  # fmt: skip
 
     # ---- test with the best model, report, save ----
     if processes.is_main:

@@ -9,27 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from bertforge.assets import resolve_model_dir
 from bertforge.config import BertConfig
-from bertforge.data.classification import bucketed_batches
 from bertforge.data.squad import SquadFile, read_squad, resolve_squad
 from bertforge.distributed import (
     join_processes,
     leave_processes,
-    micro_batches_per_step,
-    sum_across,
     wrap_model,
 )
-from bertforge.finetuning import DevScores, end_epoch, start_run, train_step
+from bertforge.finetuning import DevScores, planned_steps, start_run, train_epochs
 from bertforge.heads import BertForQuestionAnswering
 from bertforge.inference import collate
 from bertforge.qa import answer_positions, encode_questions, predict_answers
@@ -40,10 +34,8 @@ from bertforge.tokenizer import BertTokenizer
 from bertforge.train import (
     build_optimizer,
     checkpoint_to_resume,
-    learning_rate_factor,
     plot_metrics,
     seed_everything,
-    set_learning_rate,
     with_learning_rate,
 )
 
@@ -91,10 +83,7 @@ def finetune_qa(settings: QaConfig) -> Path:
         max_length=settings.max_length, doc_stride=settings.doc_stride, max_query_length=settings.max_query_length,
     )  # fmt: skip
     starts, ends = answer_positions(windows, train.examples)
-    # batch_size is the global batch: the same steps and data order whatever the number of processes
-    parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
-    steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
-    total_steps = min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch))
+    total_steps = planned_steps(settings, len(windows))
     state, metrics = start_run(settings, checkpoint, optimizer, processes)
     model = wrap_model(model, processes, device)
     log.info(
@@ -121,33 +110,11 @@ def finetune_qa(settings: QaConfig) -> Path:
         )  # fmt: skip
 
     # ---- loop ----
-    bar = tqdm(total=int(total_steps), initial=state["step"], desc="fine-tuning QA", unit="step",
-               disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
-    started = time.perf_counter()
-    while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
-        lengths = [len(ids) for ids in windows.inputs.input_ids]
-        steps = bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed, epoch=state["epoch"],
-                                 bucket_batches=settings.bucket_batches)  # fmt: skip
-        for step_rows in steps:
-            if state["step"] >= total_steps:
-                break
-            lr = set_learning_rate(optimizer, settings.learning_rate,
-                                   learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
-            loss_value = train_step(model, optimizer, step_rows, per_window, loss_of, parts=parts_per_step,
-                                    max_grad_norm=settings.max_grad_norm, processes=processes, precision=precision,
-                                    device=device)  # fmt: skip
-            state["step"] += 1
-            bar.update(1)
-            if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective
-                (loss,) = sum_across([loss_value], processes)
-                metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
-                               "loss": loss, "elapsed": time.perf_counter() - started})  # fmt: skip
-                bar.set_postfix(loss=f"{loss:.4f}")
-        if end_epoch(state, evaluate=dev_scores if dev else None, patience=settings.early_stopping_patience,
-                     metric="F1", model=model, optimizer=optimizer, tokenizer=tokenizer, run_dir=run_dir,
-                     processes=processes, metrics=metrics, bar=bar):  # fmt: skip
-            break
-    bar.close()
+    train_epochs(state, settings=settings, model=model, optimizer=optimizer,
+                 lengths=[len(ids) for ids in windows.inputs.input_ids], counts=per_window, loss_of=loss_of,
+                 evaluate=dev_scores if dev else None, metric="F1", total_steps=total_steps, tokenizer=tokenizer,
+                 run_dir=run_dir, metrics=metrics, processes=processes, precision=precision, device=device,
+                 description="fine-tuning QA")  # fmt: skip
 
     # ---- report, save ----
     if processes.is_main:

@@ -1,7 +1,7 @@
 """What the three fine-tuning recipes (classification, NER, QA) share: the run state, resumed from a checkpoint;
-one optimizer step over micro-batches (gradient accumulation, several processes); and the end of each epoch —
-evaluate on dev, keep the best model, stop early, checkpoint. Plain functions, called from each recipe's
-straight-line loop.
+the loop over epochs (:func:`train_epochs`), made of optimizer steps over micro-batches (gradient accumulation,
+several processes) and the end of each epoch — evaluate on dev, keep the best model, stop early, checkpoint.
+Plain functions, called from each recipe's straight-line setup → loop → report.
 
 The run state is a dict of plain Python values, saved in every checkpoint: ``epoch`` and ``step`` done, the best
 dev score so far (``best``), its epoch (``best_epoch``), the scores a recipe keeps of that epoch for its
@@ -11,6 +11,8 @@ report (``best_scores``) and the epochs since it (``stale_epochs``).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,25 +23,35 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bertforge.data.classification import split_rows
+from bertforge.data.classification import bucketed_batches, split_rows
 from bertforge.distributed import (
     Processes,
     gather_objects,
     gradient_sync,
+    micro_batches_per_step,
     my_share,
     restore_rank_rng,
     share_from_main,
+    sum_across,
     unwrap,
 )
 from bertforge.runtime import autocast
-from bertforge.settings import FinetuneConfig, NerConfig, QaConfig, save_run_settings
-from bertforge.train import MetricsLog, load_training_state, optimizer_step, save_checkpoint, save_model_folder
+from bertforge.settings import FineTuningSettings, save_run_settings
+from bertforge.train import (
+    MetricsLog,
+    learning_rate_factor,
+    load_training_state,
+    optimizer_step,
+    save_checkpoint,
+    save_model_folder,
+    set_learning_rate,
+)
 
 log = logging.getLogger("bertforge")
 
 
 def start_run(
-    settings: FinetuneConfig | NerConfig | QaConfig,
+    settings: FineTuningSettings,
     checkpoint: Path | None,
     optimizer: torch.optim.Optimizer,
     processes: Processes,
@@ -154,3 +166,66 @@ def end_epoch(
         log.info("no better dev %s for %d epochs: stopping early", metric, state["stale_epochs"])
         return True
     return False
+
+
+def planned_steps(settings: FineTuningSettings, inputs: int) -> int:
+    """Optimizer steps of a run: ``epochs`` passes over ``inputs`` in global batches, or ``max_steps`` if fewer."""
+    steps_per_epoch = math.ceil(inputs / settings.batch_size)
+    return int(min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch)))
+
+
+def train_epochs(
+    state: dict[str, Any],
+    *,
+    settings: FineTuningSettings,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lengths: list[int],
+    counts: np.ndarray,
+    loss_of: Callable[[np.ndarray], torch.Tensor],
+    evaluate: Callable[[nn.Module], DevScores] | None,
+    metric: str,
+    total_steps: int,
+    tokenizer: Any,
+    run_dir: Path,
+    metrics: MetricsLog,
+    processes: Processes,
+    precision: str,
+    device: torch.device,
+    description: str,
+) -> None:
+    """Train from ``state`` (fresh or resumed) until ``total_steps`` or the last epoch, closing each epoch with
+    :func:`end_epoch`.
+
+    Each epoch visits the training inputs (``lengths[i]`` tokens for input i) in a new order drawn from the seed
+    and the epoch, so a resumed run sees the same batches as an uninterrupted one; ``batch_size`` is the global
+    batch, the same steps and data order whatever the number of processes. ``counts`` and ``loss_of`` are
+    :func:`train_step`'s. The learning rate warms up linearly and decays linearly to 0 at ``total_steps``.
+    """
+    parts = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
+    bar = tqdm(total=total_steps, initial=state["step"], desc=description, unit="step",
+               disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
+    started = time.perf_counter()
+    while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
+        steps = bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed, epoch=state["epoch"],
+                                 bucket_batches=settings.bucket_batches)  # fmt: skip
+        for step_rows in steps:
+            if state["step"] >= total_steps:
+                break
+            lr = set_learning_rate(optimizer, settings.learning_rate,
+                                   learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
+            loss_value = train_step(model, optimizer, step_rows, counts, loss_of, parts=parts,
+                                    max_grad_norm=settings.max_grad_norm, processes=processes, precision=precision,
+                                    device=device)  # fmt: skip
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % settings.log_every == 0:  # the same steps in every process: a safe collective
+                (loss_value,) = sum_across([loss_value], processes)
+                metrics.write({"step": state["step"], "split": "train", "epoch": state["epoch"], "lr": lr,
+                               "loss": loss_value, "elapsed": time.perf_counter() - started})  # fmt: skip
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        if end_epoch(state, evaluate=evaluate, patience=settings.early_stopping_patience, metric=metric, model=model,
+                     optimizer=optimizer, tokenizer=tokenizer, run_dir=run_dir, processes=processes, metrics=metrics,
+                     bar=bar):  # fmt: skip
+            break
+    bar.close()

@@ -74,6 +74,7 @@ def forward_batches(
     device: torch.device | None = None,
     precision: str = "fp32",
     progress: str | None = None,
+    extra_inputs: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> list[np.ndarray]:
     """Run ``model`` over every input in length-sorted batches; one float32 array per input, in input order.
 
@@ -84,6 +85,7 @@ def forward_batches(
         device: where the batches go; default the model's device (the CPU for a model without parameters).
         precision: "fp32" or "bf16" (autocast), already resolved (:func:`bertforge.runtime.pick_precision`).
         progress: a progress-bar label, or None for no bar.
+        extra_inputs: more keyword arguments of the model, made from each batch (e.g. fill-mask's positions).
     """
     model.eval()
     if device is None:
@@ -93,7 +95,8 @@ def forward_batches(
     for rows in tqdm(batches, desc=progress, unit="batch", disable=progress is None):
         batch = {name: tensor.to(device) for name, tensor in collate(inputs, rows, pad_id).items()}
         with autocast(precision, device):
-            values = read(model(**batch), batch).float().cpu().numpy()  # (B, ...) or (B, T, ...)
+            output = model(**batch, **(extra_inputs(batch) if extra_inputs else {}))
+            values = read(output, batch).float().cpu().numpy()  # (B, ...) or (B, T, ...)
         for slot, row in enumerate(rows):
             results[row] = values[slot, : len(inputs.input_ids[row])] if per_token else values[slot]
     return results

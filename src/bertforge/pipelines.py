@@ -31,7 +31,7 @@ from bertforge.model import BertModel
 from bertforge.ner import NO_WORD, encode_windows, predict_tags
 from bertforge.qa import find_spans, unanswered
 from bertforge.quantize import inference_device, quantize_encoder
-from bertforge.runtime import autocast, pick_precision
+from bertforge.runtime import pick_precision
 from bertforge.settings import PREDICT_BATCH_SIZE, FinetuneConfig, NerConfig, QaConfig, inference_settings
 from bertforge.tokenizer import BertTokenizer
 
@@ -439,47 +439,45 @@ class FillMaskPipeline:
         self.device = device
         self.precision = pick_precision(precision, device)
 
-    @torch.inference_mode()
     def __call__(self, inputs: str | Sequence[str], top_k: int = 5, batch_size: int = PREDICT_BATCH_SIZE) -> list:
         """For one text with one [MASK]: a list of ``{"token_str", "token", "score", "sequence"}``, best first.
 
         Several [MASK]s give one such list per mask; a list of texts gives one result per text.
         """
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        results = []
-        for start in range(0, len(texts), batch_size):
-            results.extend(self._batch(texts[start : start + batch_size], top_k))
-        return results[0] if isinstance(inputs, str) else results
-
-    def _batch(self, texts: list[str], top_k: int) -> list:
         mask_id = self.tokenizer.mask_token_id
-        encoded = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        positions = encoded["input_ids"] == mask_id  # (B, T)
-        for text, count in zip(texts, positions.sum(1).tolist(), strict=True):
-            if count == 0:
+        encoded = encode_texts(self.tokenizer, texts, max_length=self.tokenizer.model_max_length)
+        for text, ids in zip(texts, encoded.input_ids, strict=True):
+            if mask_id not in ids:
                 raise BertforgeError(f"no [MASK] token in {text!r}; write [MASK] where a word should be predicted")
-        inputs = {k: v.to(self.device) for k, v in encoded.items()}
-        with autocast(self.precision, self.device):
-            logits = self.model(**inputs, mlm_positions=positions.to(self.device)).mlm_logits  # (M, V)
-        probabilities = logits.float().softmax(-1)
-        scores, ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)  # (M, k)
-        rows = positions.nonzero()[:, 0].tolist()  # text index of each predicted position, in order
-        per_text: list[list[list[dict[str, Any]]]] = [[] for _ in texts]
-        for mask_index, row in enumerate(rows):
-            candidates = []
-            for score, token_id in zip(scores[mask_index].tolist(), ids[mask_index].tolist(), strict=True):
-                token = self.tokenizer.convert_ids_to_tokens(token_id)
-                word = token.removeprefix("##")
-                candidates.append(
-                    {
-                        "token_str": word,
-                        "token": token_id,
-                        "score": score,
-                        "sequence": _fill(texts[row], len(per_text[row]), word),
-                    }
-                )
-            per_text[row].append(candidates)
-        return [masks[0] if len(masks) == 1 else masks for masks in per_text]
+        k = min(top_k, self.model.config.vocab_size)
+
+        def best_candidates(output: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            """(B, T, 2k): at each [MASK], the k best tokens' probabilities and ids (exact as float32); else 0."""
+            positions = batch["input_ids"] == mask_id  # (B, T)
+            scores, ids = output.mlm_logits.float().softmax(-1).topk(k, dim=-1)  # (M, k) over the masks, in order
+            candidates = torch.zeros(*positions.shape, 2 * k, device=scores.device)
+            candidates[positions] = torch.cat([scores, ids.float()], dim=-1)
+            return candidates
+
+        per_token = forward_batches(
+            self.model, encoded, best_candidates, pad_id=self.tokenizer.pad_token_id, per_token=True,
+            batch_size=batch_size, device=self.device, precision=self.precision,
+            extra_inputs=lambda batch: {"mlm_positions": batch["input_ids"] == mask_id},
+        )  # fmt: skip
+        results = []
+        for text, ids, candidates in zip(texts, encoded.input_ids, per_token, strict=True):
+            masks = []
+            for occurrence, position in enumerate(np.flatnonzero(np.asarray(ids) == mask_id)):
+                ranked = []
+                for score, token_id in zip(candidates[position, :k], candidates[position, k:].astype(int), strict=True):
+                    token = self.tokenizer.convert_ids_to_tokens(int(token_id))
+                    word = token.removeprefix("##")
+                    ranked.append({"token_str": word, "token": int(token_id), "score": float(score),
+                                   "sequence": _fill(text, occurrence, word)})  # fmt: skip
+                masks.append(ranked)
+            results.append(masks[0] if len(masks) == 1 else masks)
+        return results[0] if isinstance(inputs, str) else results
 
 
 def _fill(text: str, occurrence: int, word: str) -> str:

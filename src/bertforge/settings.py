@@ -69,6 +69,7 @@ class FineTuningSettings(TrainingSettings):
     learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     early_stopping_patience: int | None = None  # stop after this many epochs without a better dev score
+    random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     eval_batch_size: int = EVAL_BATCH_SIZE  # inputs per forward pass when evaluating
 
 
@@ -139,7 +140,6 @@ class FinetuneConfig(FineTuningSettings):
     text_pair_column: str | None = None  # second text for sentence-pair tasks
     label_column: str = "label"  # column with the label: names or integers (classes) or numbers (regression)
     regression: bool = False  # predict a number (mean-squared error) instead of a class
-    random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     classifier_pooling: str | None = None  # "cls" or "mean" token vectors; unset: the model's config.json says
     # Both dropout rates while fine-tuning: BERT's 0.1 (Devlin et al., 2019), also for models pretrained without
     # dropout, as Cramming does (Geiping & Goldstein, 2022); null keeps the model's config.json values.
@@ -181,7 +181,6 @@ class NerConfig(FineTuningSettings):
     token_column: int = 0  # column holding the token
     tag_column: int = -1  # column holding the tag (IO, BIO, BIOES or BMES; converted to BIO internally)
     label_all_pieces: bool = False  # train on every word piece, not only the first piece of each word
-    random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     max_length: int = MAX_LENGTH  # tokens per window, [CLS]/[SEP] included
     window_stride: int = NER_WINDOW_STRIDE  # tokens shared by consecutive windows of a long sentence
 
@@ -201,7 +200,6 @@ class QaConfig(FineTuningSettings):
     train: str = ""  # SQuAD-format JSON file, or squad_v1 (SQuAD v1.1 from the packaged data)
     dev: str | None = None  # evaluated (exact match, F1) after each epoch; defaults to squad_v1's dev file
     out: str = "runs/qa"  # run folder: best model/, checkpoint, metrics.jsonl, curves.png, report.json
-    random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
     train_limit: int | None = None  # use only the first N training questions (file order)
     eval_limit: int | None = None  # evaluate on the first N dev questions only
     max_length: int = QA_MAX_LENGTH  # tokens per window: [CLS] question [SEP] context piece [SEP]
@@ -226,7 +224,7 @@ class QaConfig(FineTuningSettings):
 
 # ---- a fine-tuning run's settings, saved beside its model/ folder and read back for inference ------------------
 
-FineTuningSettings = TypeVar("FineTuningSettings", FinetuneConfig, NerConfig, QaConfig)
+TaskSettings = TypeVar("TaskSettings", FinetuneConfig, NerConfig, QaConfig)
 SETTINGS_FILES: dict[type, str] = {
     FinetuneConfig: "finetune_config.json",
     NerConfig: "ner_config.json",
@@ -241,12 +239,12 @@ def save_run_settings(settings: FinetuneConfig | NerConfig | QaConfig, run_dir: 
 
 
 def inference_settings(
-    settings_class: type[FineTuningSettings],
+    settings_class: type[TaskSettings],
     model: str | Path,
     *,
     max_length: int = 0,
     long_text: str | None = None,
-) -> FineTuningSettings:
+) -> TaskSettings:
     """The settings a fine-tuned model is run with, by ``evaluate``, ``predict`` and the pipelines alike.
 
     They are the settings its fine-tuning run saved beside the model/ folder (:func:`save_run_settings`), so
