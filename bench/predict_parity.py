@@ -40,9 +40,10 @@ def read_texts(data: str, split: str) -> list[str]:
 
 def bertforge_side(model: Path, texts: list[str], classes: int, scratch: Path) -> tuple[np.ndarray, list[str], float]:
     """(N, C) probabilities in label-id order, the labels, and the seconds the CLI took (start-up included)."""
-    (scratch / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    command = [sys.executable, "-m", "bertforge.cli", "predict", "--model", str(model), "--input",
-               str(scratch / "texts.txt"), "--output", str(scratch / "out.jsonl"), "--top-k", str(classes)]  # fmt: skip
+    # JSONL, not one text a line: a few texts hold characters that count as line breaks (e.g. U+2028).
+    inputs = scratch / "texts.jsonl"
+    inputs.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
+    command = [sys.executable, "-m", "bertforge.cli", "predict", "--model", str(model), "--input", str(inputs), "--output", str(scratch / "out.jsonl"), "--top-k", str(classes)]  # fmt: skip
     started = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
