@@ -177,3 +177,29 @@ def test_student_wider_than_the_teacher_is_refused(workspace, tmp_path, capsys):
             (tmp_path / "student" / name).write_bytes((workspace / "encoder" / name).read_bytes())
     assert main([*distill_args(workspace, tmp_path / "out"), "--student", str(tmp_path / "student")]) != 0
     assert "is wider than the teacher" in capsys.readouterr().err
+
+
+def test_resume_after_a_crash_gives_the_same_student(workspace, tmp_path, monkeypatch):
+    import bertforge.distill
+
+    def args(out):
+        return [*distill_args(workspace, out), "--epochs", "2"]
+
+    assert main(args(tmp_path / "a")) == 0
+    evaluate, calls = bertforge.distill.evaluate_model, []
+
+    def crash_in_second_epoch(*arguments, **keywords):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return evaluate(*arguments, **keywords)
+
+    monkeypatch.setattr(bertforge.distill, "evaluate_model", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(args(tmp_path / "b"))
+    monkeypatch.setattr(bertforge.distill, "evaluate_model", evaluate)
+    assert main([*args(tmp_path / "b"), "--resume"]) == 0
+    straight = BertForSequenceClassification.from_pretrained(tmp_path / "a" / "model")
+    resumed = BertForSequenceClassification.from_pretrained(tmp_path / "b" / "model")
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, msg=name)
