@@ -170,6 +170,38 @@ class FinetuneConfig(FineTuningSettings):
 
 
 @dataclass
+class DistillConfig(FinetuneConfig):
+    """Settings of a distillation run: a fine-tuned classifier (the teacher) trains a smaller one (the student).
+
+    The data, length and evaluation settings are fine-tuning's; ``model`` is set to the teacher (its tokenizer and
+    labels are the student's).
+    """
+
+    teacher: str = ""  # fine-tuned classifier: a run folder (its model/ is used) or a model folder
+    student: str | None = None  # checkpoint folder or packaged model sharing the teacher's tokenizer; unset: layers
+    student_layers: int = 2  # without --student: the teacher's embeddings + this many of its layers (DistilBERT)
+    unlabeled: str | None = None  # text file, one text a line: more inputs for the soft-target loss, no labels
+    temperature: float = 2.0  # softens both distributions in the soft-target loss (Hinton et al., 2015)
+    soft_weight: float = 1.0  # weight of the T²-scaled KL to the teacher's distribution
+    gold_weight: float = 0.0  # weight of cross-entropy on the gold labels (labelled rows only)
+    epochs: float = 3.0  # passes over the training (+ unlabelled) inputs
+    out: str = "runs/distill"  # run folder: best student model/, checkpoint, metrics.jsonl, curves.png, report.json
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise BertforgeError("distillation needs --teacher (a fine-tuned classifier) and --train (a data file)")
+        teacher = Path(self.teacher)
+        self.model = str(teacher / "model" if (teacher / "model" / "config.json").is_file() else self.teacher)
+        super().__post_init__()
+        if self.regression:
+            raise BertforgeError("distillation is for classifiers; a regression teacher is not supported")
+        if self.temperature <= 0:
+            raise BertforgeError(f"temperature must be above 0, got {self.temperature}")
+        if self.soft_weight < 0 or self.gold_weight < 0 or self.soft_weight + self.gold_weight == 0:
+            raise BertforgeError("soft_weight and gold_weight must be at least 0, and not both 0")
+
+
+@dataclass
 class NerConfig(FineTuningSettings):
     """Settings of a named-entity-recognition (token tagging) fine-tuning run."""
 
@@ -227,6 +259,7 @@ class QaConfig(FineTuningSettings):
 TaskSettings = TypeVar("TaskSettings", FinetuneConfig, NerConfig, QaConfig)
 SETTINGS_FILES: dict[type, str] = {
     FinetuneConfig: "finetune_config.json",
+    DistillConfig: "finetune_config.json",  # a superset: evaluate and predict read the student like any classifier
     NerConfig: "ner_config.json",
     QaConfig: "qa_config.json",
 }

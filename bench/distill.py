@@ -1,0 +1,131 @@
+"""Distilling a fine-tuned MiniLM-L6 sentiment classifier into 1-, 2- and 3-layer students, through the CLI.
+
+Teacher: all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes with README's recipe (2 epochs, max_length 64). Students:
+``bertforge distill --student-layers N`` (the teacher's embeddings + N of its 6 layers, DistilBERT's init). The
+baseline: the same 2 layers taken from the pretrained (not fine-tuned) MiniLM and fine-tuned directly on the gold
+labels with the teacher's recipe, no teacher. For each model: test accuracy (``bertforge evaluate``), parameters,
+and ``bertforge predict`` wall-clock throughput on the 2,000 test+dev texts (fp32, bf16, and int8 with
+``--quantize int8``) with the child process's peak memory. Timings are comparable within one run only.
+
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.distill [--out runs/bench-distill] [--layers 1,2,3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import machine
+from bertforge.assets import fetch
+from bertforge.data.catalogue import resolve_dataset
+from bertforge.data.classification import read_classification_file
+from bertforge.distill import count_parameters, kept_layers
+from bertforge.heads import BertForSequenceClassification
+from bertforge.model import BertModel
+from bertforge.tokenizer import BertTokenizer
+
+RECIPE = ["--train", "rotten_tomatoes", "--epochs", "2", "--max-length", "64", "--progress", "false"]
+
+
+def bertforge(*arguments: str) -> tuple[str, float, float]:
+    """Run the CLI in a child process: its standard output, wall seconds and its own peak resident memory (MB)."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "bertforge", *arguments], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stdout, stderr = child.communicate()  # reads both pipes to the end; the child is then a zombie until waited
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bertforge {' '.join(arguments)} failed:\n{stderr[-3000:]}")
+    return stdout, time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def accuracy(model: Path) -> float:
+    out, _, _ = bertforge("evaluate", "--model", str(model), "--data", "rotten_tomatoes:test")
+    return float(re.search(r"accuracy (\d\.\d+)", out).group(1))
+
+
+def speed(model: Path, texts: Path, *options: str) -> tuple[float, float]:
+    """Texts per second of `bertforge predict` over ``texts`` (model loading included) and its peak memory."""
+    _, seconds, peak = bertforge("predict", "--model", str(model), "--input", str(texts), "--output", "/dev/null",
+                                 *options)  # fmt: skip
+    return len(texts.read_text().splitlines()) / seconds, peak
+
+
+def direct_student(out: Path, layers: int) -> Path:
+    """The pretrained MiniLM's embeddings + the layers a distilled student keeps, saved for plain fine-tuning."""
+    source = fetch("all-MiniLM-L6-v2")
+    encoder = BertModel.from_pretrained(source)
+    encoder.layers = torch.nn.ModuleList(encoder.layers[i] for i in kept_layers(len(encoder.layers), layers))
+    encoder.config.num_hidden_layers = layers
+    encoder.save_pretrained(out)
+    BertTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/bench-distill")
+    parser.add_argument("--layers", default="1,2,3")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(machine())
+    texts = out / "rt_test_dev.txt"
+    rows = [e.text for split in ("test", "dev")
+            for e in read_classification_file(resolve_dataset("rotten_tomatoes", split)).examples]  # fmt: skip
+    texts.write_text("\n".join(rows) + "\n")
+
+    runs = {"teacher (6 layers)": out / "teacher"}
+    if not (out / "teacher" / "model").is_dir():
+        bertforge("finetune", "classification", "--model", "all-MiniLM-L6-v2", *RECIPE, "--out", str(out / "teacher"))
+    for layers in map(int, args.layers.split(",")):
+        name = out / f"student{layers}"
+        if not (name / "model").is_dir():
+            bertforge("distill", "--teacher", str(out / "teacher"), "--student-layers", str(layers), *RECIPE,
+                      "--out", str(name))  # fmt: skip
+        runs[f"distilled, {layers} layers"] = name
+    if not (out / "direct2" / "model").is_dir():
+        start = direct_student(out / "direct2-start", 2)
+        bertforge("finetune", "classification", "--model", str(start), *RECIPE, "--out", str(out / "direct2"))
+    runs["direct, 2 layers (no teacher)"] = out / "direct2"
+
+    print(f"{len(rows)} texts timed; other work may share the CPU: compare within this run only")
+    print(
+        "| model | test acc | parameters | fp32 texts/s | bf16 texts/s | int8 texts/s | int8 acc | peak MB fp32/int8 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    teacher_speed = None
+    for label, run in runs.items():
+        model = run / "model"
+        parameters = count_parameters(BertForSequenceClassification.from_pretrained(model))
+        fp32, fp32_peak = speed(model, texts, "--precision", "fp32")
+        bf16, _ = speed(model, texts, "--precision", "bf16")
+        int8, int8_peak = speed(model, texts, "--quantize", "int8")
+        int8_acc = float(re.search(r"accuracy (\d\.\d+)", bertforge("evaluate", "--model", str(model), "--data",
+                                                                    "rotten_tomatoes:test", "--quantize",
+                                                                    "int8")[0]).group(1))  # fmt: skip
+        teacher_speed = teacher_speed or fp32
+        print(
+            f"| {label} | {accuracy(model):.4f} | {parameters / 1e6:.1f} M | {fp32:.0f} ({fp32 / teacher_speed:.1f}×)"
+            f" | {bf16:.0f} | {int8:.0f} ({int8 / teacher_speed:.1f}×) | {int8_acc:.4f} | {fp32_peak:.0f} / "
+            f"{int8_peak:.0f} |",
+            flush=True,
+        )
+        if (run / "report.json").is_file() and label.startswith("distilled"):
+            report = json.loads((run / "report.json").read_text())
+            print(
+                f"  report.json: teacher {report['teacher']['test']['accuracy']:.4f}, "
+                f"student {report['student']['test']['accuracy']:.4f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
