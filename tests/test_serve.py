@@ -65,3 +65,28 @@ def test_bad_requests_get_4xx_and_good_ones_around_them_succeed(classifier):
     responses, _ = asyncio.run(_call(app, bodies))
     assert [r.status_code for r in responses] == [200, 400, 400, 400, 413, 200]
     assert all("error" in r.json() for r in responses[1:5])
+
+
+def test_a_failing_batch_fails_only_its_requests_and_the_next_one_works():
+    from bertforge.serve import Batcher, Job, Metrics
+
+    def run(items):
+        if "boom" in items:
+            raise RuntimeError("boom")
+        return [text.upper() for text in items]
+
+    batcher = Batcher(run, max_batch_tokens=1, max_wait_ms=0, metrics=Metrics())
+
+    async def ask(text):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        batcher.submit(Job([text], 1, future, loop))
+        return await future
+
+    async def scenario():
+        with pytest.raises(RuntimeError, match="boom"):
+            await ask("boom")
+        return await ask("fine")
+
+    assert asyncio.run(scenario()) == ["FINE"]
+    batcher.close()
