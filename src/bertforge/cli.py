@@ -506,14 +506,11 @@ def serve(
 
     example: bertforge serve --model runs/rt/model --port 8080
     """
-    from bertforge.serve import create_app, require_serve_extra
-
-    require_serve_extra()
-    import uvicorn
+    from bertforge.serve import create_app, run_server
 
     app = create_app(model, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, precision=precision,
                      quantize=quantize, max_request_bytes=max_request_bytes)  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level="warning")  # uvicorn handles SIGTERM: drain, then exit 0
+    run_server(app, host, port)
 
 
 def quickstart(out: str = "runs/quickstart", smoke: bool = False, minutes: float = 0.0) -> None:

@@ -239,3 +239,21 @@ def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.
         return PlainTextResponse(metrics.text())
 
     return app
+
+
+def run_server(app: Any, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT: stop accepting, finish the requests in flight, return normally."""
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            # uvicorn's own version re-raises the signal after draining, so the process would end with status 143;
+            # a clean drain is a clean exit, status 0
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handle_exit)
+            yield
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
