@@ -90,3 +90,54 @@ def test_a_failing_batch_fails_only_its_requests_and_the_next_one_works():
 
     assert asyncio.run(scenario()) == ["FINE"]
     batcher.close()
+
+
+def test_the_page_shows_the_label_in_a_real_browser(classifier, tmp_path):
+    """Headless chromium through its WebDriver: type a sentence, submit, the label appears."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert shutil.which("chromium") and shutil.which("chromedriver"), "apt-get install chromium chromium-driver"
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "bertforge", "serve", "--model", str(classifier), "--port",
+                               str(port)])  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'c'}"):
+        options.add_argument(flag)
+    browser = None
+    try:
+        for _ in range(300):  # bounded: 30 s; uvicorn listens only once the model is loaded
+            if _listening(port):
+                break
+            time.sleep(0.1)
+        service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+        browser = webdriver.Chrome(options=options, service=service)
+        browser.get(f"http://127.0.0.1:{port}/")
+        browser.find_element(By.ID, "text").send_keys("the cat sat on the mat.")
+        browser.find_element(By.ID, "submit").click()
+        label = WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "label")).text
+        expected = pipeline("text-classification", model=classifier)("the cat sat on the mat.")["label"]
+        assert expected in label
+        assert "curl -X POST" in browser.find_element(By.ID, "curl").text
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
