@@ -506,6 +506,32 @@ def _jsonl_items(source: str, lines: list[str], required: Sequence[str], optiona
     return items
 
 
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    max_batch_tokens: int = 4096,
+    max_wait_ms: float = 5.0,
+    precision: str = "fp32",
+    quantize: str = "none",
+    max_request_bytes: int = 1 << 20,
+) -> None:
+    """Serve a fine-tuned classifier over HTTP with dynamic batching (needs `pip install 'bertforge[serve]'`).
+
+    POST /predict takes {"inputs": "text"} or {"inputs": ["text", ...]} and answers the same label/score objects
+    as `predict`. Requests from many clients are queued and run together: a batch closes when its inputs reach
+    --max-batch-tokens tokens or its oldest request has waited --max-wait-ms (--max-wait-ms 0
+    --max-batch-tokens 1: one request per forward). GET /health, /info and /metrics (Prometheus text).
+
+    example: bertforge serve --model runs/rt/model --port 8080
+    """
+    from bertforge.serve import create_app, run_server
+
+    app = create_app(model, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, precision=precision,
+                     quantize=quantize, max_request_bytes=max_request_bytes)  # fmt: skip
+    run_server(app, host, port)
+
+
 def quickstart(out: str = "runs/quickstart", smoke: bool = False, minutes: float = 0.0) -> None:
     """Run the whole chain on bundled data and show what each stage does (see README, "Quickstart").
 
@@ -634,6 +660,19 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("batch_size", "inputs per forward pass"),
             Option("precision", PRECISION_HELP, choices=("auto", "fp32", "bf16")),
             Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),
+        ],
+    ),
+    "serve": (
+        serve,
+        [
+            Option("model", "fine-tuned classifier folder"),
+            Option("host", "address to listen on (127.0.0.1: this machine only)"),
+            Option("port", "TCP port"),
+            Option("max_batch_tokens", "close a batch once its inputs hold this many tokens"),
+            Option("max_wait_ms", "longest a request waits for company before its batch runs"),
+            Option("precision", PRECISION_HELP, choices=("fp32", "bf16", "auto")),
+            Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),
+            Option("max_request_bytes", "refuse request bodies over this size with 413"),
         ],
     ),
     "plot": (plot, [Option("run", "a run folder holding metrics.jsonl")]),

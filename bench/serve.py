@@ -1,0 +1,120 @@
+"""`bertforge serve` under load: throughput and latency with and without dynamic batching, against `predict`.
+
+    python -m bench.serve --model runs/quickstart/sentiment/model [--clients 1 8 32 128] [--limit 0]
+
+Sends the Rotten Tomatoes test+dev sentences, one sentence per request, from N concurrent clients (asyncio +
+httpx over loopback) to a `bertforge serve` child process, first with dynamic batching (the defaults), then with
+`--max-wait-ms 0 --max-batch-tokens 1` (one request per forward). Every answer's label is checked against
+`bertforge predict`'s for that sentence; predict's throughput is one batched pass over the same sentences (its
+wall time, model loading included, as a user would see it). Issue #22's floors: 32 clients, zero failures,
+throughput >= 70 % of predict's, dynamic batching >= 3x one-per-forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.common import machine
+from bertforge.data.catalogue import resolve_dataset
+
+PORT = 18931
+
+
+def sentences(limit: int) -> list[str]:
+    texts: list[str] = []
+    for split in ("test", "dev"):
+        with open(resolve_dataset("rotten_tomatoes", split), encoding="utf-8", newline="") as f:
+            texts += [row["text"] for row in csv.DictReader(f)]
+    return texts[:limit] if limit else texts
+
+
+def predict_labels(model: str, texts: list[str]) -> tuple[list[str], float]:
+    """`bertforge predict`'s labels and its wall time for one batched pass."""
+    with tempfile.TemporaryDirectory() as scratch:
+        # JSONL, not plain lines: a few sentences hold characters that str.splitlines takes for line breaks
+        source, out = Path(scratch) / "texts.jsonl", Path(scratch) / "out.jsonl"
+        source.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bertforge", "predict", "--model", model, "--input", str(source),
+                        "--output", str(out)], check=True)  # fmt: skip
+        took = time.perf_counter() - started
+        return [json.loads(line)["label"] for line in out.read_text(encoding="utf-8").splitlines()], took
+
+
+async def load(texts: list[str], clients: int) -> tuple[list[str | None], list[float], float]:
+    """Each of ``clients`` workers sends the next unsent sentence until none is left; labels and latencies."""
+    labels: list[str | None] = [None] * len(texts)
+    latencies: list[float] = []
+    cursor = iter(range(len(texts)))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", limits=limits, timeout=120) as client:
+
+        async def worker() -> None:
+            for index in cursor:
+                started = time.perf_counter()
+                response = await client.post("/predict", json={"inputs": texts[index]})
+                latencies.append(time.perf_counter() - started)
+                if response.status_code == 200:
+                    labels[index] = response.json()["label"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return labels, latencies, time.perf_counter() - started
+
+
+def serve(model: str, options: list[str]) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "bertforge", "serve", "--model", model, "--port", str(PORT),
+                               *options])  # fmt: skip
+    for _ in range(600):  # bounded: 60 s for the model to load
+        try:
+            if httpx.get(f"http://127.0.0.1:{PORT}/health").status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.terminate()
+    raise RuntimeError("server did not come up in 60 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--limit", type=int, default=0, help="first N sentences only (0: all)")
+    args = parser.parse_args()
+    print(machine())
+    texts = sentences(args.limit)
+    expected, predict_seconds = predict_labels(args.model, texts)
+    predict_rate = len(texts) / predict_seconds
+    print(f"predict: {len(texts)} sentences in {predict_seconds:.1f} s = {predict_rate:.1f}/s (model load included)")
+    modes = {"dynamic": [], "one-per-forward": ["--max-wait-ms", "0", "--max-batch-tokens", "1"]}
+    for mode, options in modes.items():
+        server = serve(args.model, options)
+        try:
+            for clients in args.clients:
+                labels, latencies, seconds = asyncio.run(load(texts, clients))
+                failures = sum(label is None for label in labels)
+                wrong = sum(label is not None and label != want for label, want in zip(labels, expected, strict=True))
+                p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+                rate = len(texts) / seconds
+                print(
+                    f"{mode:16s} clients {clients:4d}: {rate:7.1f} req/s ({rate / predict_rate:.0%} of predict), "
+                    f"p50 {p50:6.1f} ms, p99 {p99:7.1f} ms, failures {failures}, labels unlike predict {wrong}"
+                )
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
