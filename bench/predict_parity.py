@@ -43,7 +43,8 @@ def bertforge_side(model: Path, texts: list[str], classes: int, scratch: Path) -
     # JSONL, not one text a line: a few texts hold characters that count as line breaks (e.g. U+2028).
     inputs = scratch / "texts.jsonl"
     inputs.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
-    command = [sys.executable, "-m", "bertforge.cli", "predict", "--model", str(model), "--input", str(inputs), "--output", str(scratch / "out.jsonl"), "--top-k", str(classes)]  # fmt: skip
+    command = [sys.executable, "-m", "bertforge.cli", "predict", "--model", str(model), "--input", str(inputs)]
+    command += ["--output", str(scratch / "out.jsonl"), "--top-k", str(classes)]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
