@@ -8,6 +8,7 @@ a cache directory (``$BERTFORGE_CACHE``, default ``~/.cache/bertforge``). Later 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -169,3 +170,13 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
             f"{', '.join(MODEL_ASSETS)}"
         )
     return path
+
+
+def model_architecture(model: str | Path) -> str:
+    """The model class a checkpoint folder was saved from (config.json's "architectures")."""
+    path = resolve_model_dir(model) / "config.json"
+    try:
+        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or ["BertModel"]
+    except (OSError, ValueError) as error:
+        raise BertforgeError(f"{path}: cannot be read ({error}); is {model} a checkpoint folder?") from None
+    return architectures[0]

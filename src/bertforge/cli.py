@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bertforge import __version__
+from bertforge.assets import model_architecture
 from bertforge.errors import BertforgeError
 from bertforge.recipe_config import describe_settings
 from bertforge.settings import (
@@ -279,20 +280,6 @@ def finetune_qa(config: str | None = None, settings: Sequence[str] = ()) -> None
     run(load_recipe_config(QaConfig, config, settings))
 
 
-def _architecture(model: str) -> str:
-    """The model class a checkpoint folder was saved from (config.json's "architectures")."""
-    import json
-
-    from bertforge.assets import resolve_model_dir
-
-    path = resolve_model_dir(model) / "config.json"
-    try:
-        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or ["BertModel"]
-    except (OSError, ValueError) as error:
-        raise BertforgeError(f"{path}: cannot be read ({error}); is {model} a checkpoint folder?") from None
-    return architectures[0]
-
-
 def evaluate(
     model: str,
     data: str,
@@ -317,7 +304,7 @@ def evaluate(
 
     from bertforge.pipelines import pipeline
 
-    architecture = _architecture(model)
+    architecture = model_architecture(model)
     name, _, split = data.partition(":")
     options = {"max_length": max_length or None, "precision": precision, "quantize": quantize}
     if architecture == "BertForQuestionAnswering":
@@ -398,7 +385,7 @@ def predict(
 
     from bertforge.pipelines import pipeline
 
-    architecture = _architecture(model)
+    architecture = model_architecture(model)
     kind = _input_format(input, input_format, architecture)
     options = {"max_length": max_length or None, "precision": precision, "quantize": quantize}
     records: list[dict[str, Any]]

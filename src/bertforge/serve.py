@@ -227,10 +227,10 @@ def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
-    from bertforge.cli import _architecture
+    from bertforge.assets import model_architecture
     from bertforge.pipelines import pipeline
 
-    architecture = _architecture(model)
+    architecture = model_architecture(model)
     if architecture not in ROUTE_TASKS:
         raise BertforgeError(f"{model}: bertforge serve does not know the head {architecture}")
     route, task = ROUTE_TASKS[architecture]
