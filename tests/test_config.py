@@ -17,6 +17,19 @@ def test_presets_follow_google_sizes(name):
     assert config.intermediate_size == 4 * hidden
 
 
+def test_grid_sizes_name_layers_and_width_as_googles_compact_models():
+    config = BertConfig.preset("L2-H256")
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (2, 256, 4)
+    assert config.intermediate_size == 1024
+    assert BertConfig.preset("L4-H256") == BertConfig.preset("mini")
+
+
+@pytest.mark.parametrize("name", ["L2-H100", "L0-H128", "L2H128", "huge"])
+def test_bad_preset_names_are_refused(name):
+    with pytest.raises(BertforgeError, match="preset"):
+        BertConfig.preset(name)
+
+
 def test_base_preset_equals_bert_base():
     assert BertConfig.preset("base") == BertConfig()
 

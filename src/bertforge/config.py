@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,7 @@ class BertConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> BertConfig:
         """A named size from Google's released BERT family (Turc et al., 2019, "Well-Read Students")."""
-        if name not in PRESETS:
-            raise BertforgeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        layers, hidden = PRESETS[name]
+        layers, hidden = preset_size(name)
         sizes = dict(
             num_hidden_layers=layers,
             hidden_size=hidden,
@@ -193,6 +192,27 @@ PRESETS: dict[str, tuple[int, int]] = {
     "base": (12, 768),
     "large": (24, 1024),
 }
+
+# Google's release names its 24 compact models by size, e.g. "bert_uncased_L-2_H-256_A-4"; "L2-H256" here.
+GRID_NAME = re.compile(r"L(\d+)-H(\d+)")
+
+
+def is_preset(name: str) -> bool:
+    """Whether ``name`` is a named preset or a layers-hidden size such as "L2-H256"."""
+    return name in PRESETS or GRID_NAME.fullmatch(name) is not None
+
+
+def preset_size(name: str) -> tuple[int, int]:
+    """(layers, hidden) of a named preset or of "L{layers}-H{hidden}" (hidden a multiple of 64, as in the grid)."""
+    if name in PRESETS:
+        return PRESETS[name]
+    grid = GRID_NAME.fullmatch(name)
+    if grid is None:
+        raise BertforgeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or a size like L2-H256")
+    layers, hidden = int(grid[1]), int(grid[2])
+    if layers < 1 or hidden < 64 or hidden % 64:
+        raise BertforgeError(f"preset {name!r}: needs at least 1 layer and a hidden size that is a multiple of 64")
+    return layers, hidden
 
 
 CLASSIFIER_POOLINGS = ("cls", "mean")  # what a sequence classifier reads: the pooled [CLS] vector, or the token mean

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bertforge.checkpoint import ModelT
-from bertforge.config import PRESETS, BertConfig
+from bertforge.config import BertConfig, is_preset
 from bertforge.data.examples import PretrainingExamples, SpecialIds, split_batch
 from bertforge.data.masking import MaskingConfig
 from bertforge.data.shard_reader import ShardedCorpus, check_tokenizer
@@ -67,7 +67,7 @@ LOSS_NAMES = ("loss", "mlm_loss", "nsp_loss")  # logged each step
 
 
 def model_config(settings: PretrainConfig, vocab_size: int) -> BertConfig:
-    if settings.model in PRESETS:
+    if is_preset(settings.model):
         config = BertConfig.preset(settings.model, vocab_size=vocab_size)
     else:
         config = BertConfig.load(settings.model)

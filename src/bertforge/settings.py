@@ -79,7 +79,7 @@ class PretrainConfig(TrainingSettings):
 
     data: str = ""  # folder written by `bertforge data prepare` (shards, manifest, tokenizer)
     out: str = "runs/pretrain"  # run folder: checkpoints, metrics.jsonl, curves.png, the final model/
-    model: str = "mini"  # a preset (tiny, mini, small, medium, base, large) or a config.json path
+    model: str = "mini"  # a preset (tiny, mini, small, medium, base, large), a size like L2-H256, or a config.json
     attention_heads: int | None = None  # overrides the model's head count (the presets have 64-wide heads)
     init_from: str | None = None  # start from this checkpoint folder's weights instead of random ones
     next_sentence_prediction: bool = True  # MLM + NSP as in BERT; false = MLM only on packed text (RoBERTa)
