@@ -23,6 +23,7 @@ from bertforge.assets import model_architecture
 from bertforge.errors import BertforgeError
 from bertforge.recipe_config import describe_settings
 from bertforge.settings import (
+    FILL_MASK_TOP_K,
     MAX_LENGTH,
     PREDICT_BATCH_SIZE,
     QA_MAX_LENGTH,
@@ -199,7 +200,7 @@ def plot(run: str) -> None:
     log.info("wrote %s", plot_metrics(Path(run)))
 
 
-def fill_mask(model: str, text: str, top_k: int = 5) -> None:
+def fill_mask(model: str, text: str, top_k: int = FILL_MASK_TOP_K) -> None:
     """Show the most likely tokens for each [MASK] in a text, with a model from `bertforge pretrain`.
 
     example: bertforge fill-mask --model runs/pretrain/model --text "The capital of France is [MASK]."
