@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from bertforge.errors import BertforgeError
@@ -155,54 +156,6 @@ def require_serve_extra() -> None:
 MAX_TEXT_CHARS = 100_000  # longer texts are refused rather than tokenized: the pipelines would cut them anyway
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>bertforge serve</title>
-<style>
-body { font: 15px system-ui, sans-serif; max-width: 44rem; margin: 2rem auto; padding: 0 1rem; }
-textarea { width: 100%; height: 5rem; font: inherit; }
-.bar { background: #4a7bd0; height: 1.1rem; }
-.row { display: grid; grid-template-columns: 8rem 1fr 4rem; gap: .5rem; align-items: center; margin: .2rem 0; }
-pre { background: #f3f3f3; padding: .6rem; white-space: pre-wrap; word-break: break-all; }
-.error { color: #b00020; }
-</style></head><body>
-<h1>bertforge serve</h1>
-<p id="about"></p>
-<form id="form"><textarea id="text" placeholder="Type a sentence"></textarea>
-<button id="submit" type="submit">Classify</button></form>
-<div id="result"></div>
-<h2>The same request with curl</h2><pre id="curl"></pre>
-<script>
-const result = document.getElementById("result"), text = document.getElementById("text");
-fetch("info").then(r => r.json()).then(info => {
-  document.getElementById("about").textContent =
-    info.model + " (" + info.task + "; labels: " + info.labels.join(", ") + ")";
-});
-function curl() {
-  const body = JSON.stringify({inputs: text.value}).replaceAll("'", "'\\\\''");
-  document.getElementById("curl").textContent =
-    "curl -X POST " + location.origin + "/predict -H 'Content-Type: application/json' -d '" + body + "'";
-}
-text.addEventListener("input", curl); curl();
-document.getElementById("form").addEventListener("submit", async event => {
-  event.preventDefault();
-  result.textContent = "…";
-  const response = await fetch("predict", {method: "POST", headers: {"Content-Type": "application/json"},
-                                           body: JSON.stringify({inputs: text.value})});
-  const answer = await response.json();
-  result.replaceChildren();
-  if (!response.ok) { result.className = "error"; result.textContent = answer.error; return; }
-  result.className = "";
-  const row = document.createElement("div"); row.className = "row"; row.id = "label";
-  const name = document.createElement("b"); name.textContent = answer.label;
-  const track = document.createElement("div"); const bar = document.createElement("div");
-  bar.className = "bar"; bar.style.width = (100 * answer.score).toFixed(1) + "%"; track.append(bar);
-  const score = document.createElement("span"); score.textContent = answer.score.toFixed(3);
-  row.append(name, track, score); result.append(row);
-});
-</script></body></html>
-"""
-
-
 def _texts(body: Any) -> tuple[list[str], bool]:
     """The texts of a ``{"inputs": "text" | ["text", ...]}`` body and whether it was a single one; ValueError if not."""
     if not isinstance(body, dict) or "inputs" not in body:
@@ -236,6 +189,7 @@ def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.
     route, task = ROUTE_TASKS[architecture]
     runner = pipeline(task, model=model, precision=precision, quantize=quantize)
     metrics = Metrics()
+    page = resources.files("bertforge").joinpath("serve_page.html").read_text(encoding="utf-8")
 
     def run(items: list[Any]) -> list[Any]:
         return [{"label": r["label"], "score": r["score"]} for r in runner(items)]
@@ -274,8 +228,8 @@ def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.
         return results[0] if single else results
 
     @app.get("/")
-    async def page() -> Any:
-        return HTMLResponse(PAGE)
+    async def home() -> Any:
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health() -> Any:
