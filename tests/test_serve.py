@@ -357,9 +357,26 @@ def test_the_page_shows_the_label_in_a_real_browser(classifier, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     with served_page(classifier, tmp_path) as browser:
-        browser.find_element(By.ID, "text").send_keys("the cat sat on the mat.")
+        text = WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "text"))  # drawn from /info
+        text.send_keys("the cat sat on the mat.")
         browser.find_element(By.ID, "submit").click()
         label = WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "label")).text
         expected = pipeline("text-classification", model=classifier)("the cat sat on the mat.")["label"]
         assert expected in label
         assert "curl -X POST" in browser.find_element(By.ID, "curl").text
+
+
+def test_the_page_marks_the_answer_in_the_context_in_a_real_browser(reader, tmp_path):
+    """QA: two boxes; the answer appears marked inside the context, and curl shows the request."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    question, context = "who sat on the mat?", "the cat sat on the mat. the dog sat on the log."
+    with served_page(reader, tmp_path) as browser:
+        WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "question")).send_keys(question)
+        browser.find_element(By.ID, "context").send_keys(context)
+        browser.find_element(By.ID, "submit").click()
+        answer = WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "answer"))
+        expected = pipeline("question-answering", model=reader)(question=question, context=context)
+        assert answer.text.startswith(expected["answer"])  # then the mark's small "answer" label
+        assert '"question":"who sat on the mat?"' in browser.find_element(By.ID, "curl").text
