@@ -6,8 +6,11 @@ Sends the Rotten Tomatoes test+dev sentences, one sentence per request, from N c
 httpx over loopback) to a `bertforge serve` child process, first with dynamic batching (the defaults), then with
 `--max-wait-ms 0 --max-batch-tokens 1` (one request per forward). Every answer's label is checked against
 `bertforge predict`'s for that sentence; predict's throughput is one batched pass over the same sentences (its
-wall time, model loading included, as a user would see it). Issue #22's floors: 32 clients, zero failures,
-throughput >= 70 % of predict's, dynamic batching >= 3x one-per-forward.
+wall time, model loading included, as a user would see it). Then, with dynamic batching, the same load from 32
+clients runs once more while another task sends bad requests at intervals (malformed JSON, {"inputs": 5}, an empty
+string, a 20 MB body): each must get a 4xx, and the good requests around them must still all succeed with
+predict's labels. Issue #22's floors: 32 clients, zero failures, throughput >= 70 % of predict's, dynamic
+batching >= 3x one-per-forward, bad requests refused without harm to the rest.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ from bench.common import machine
 from bertforge.data.catalogue import resolve_dataset
 
 PORT = 18931
+BAD_REQUESTS = {  # what the issue's floor interleaves with the load → the raw body sent to /predict
+    "malformed JSON": b'{"inputs": "unterminated',
+    '{"inputs": 5}': b'{"inputs": 5}',
+    "empty string": b'{"inputs": ""}',
+    "20 MB body": b'{"inputs": "' + b"x" * 20_000_000 + b'"}',  # over serve's default --max-request-bytes (1 MiB)
+}
+BAD_CLIENTS = 32  # the good load that the bad requests are mixed into: the floor's 32 clients
+BAD_INTERVAL = 0.25  # seconds between two bad requests
 
 
 def sentences(limit: int) -> list[str]:
@@ -52,12 +63,19 @@ def predict_labels(model: str, texts: list[str]) -> tuple[list[str], float]:
         return [json.loads(line)["label"] for line in out.read_text(encoding="utf-8").splitlines()], took
 
 
-async def load(texts: list[str], clients: int) -> tuple[list[str | None], list[float], float]:
-    """Each of ``clients`` workers sends the next unsent sentence until none is left; labels and latencies."""
+async def load(
+    texts: list[str], clients: int, bad: dict[str, bytes] | None = None
+) -> tuple[list[str | None], list[float], float, dict[str, list[int]]]:
+    """Each of ``clients`` workers sends the next unsent sentence until none is left; labels and latencies. With
+    ``bad``, one more task sends those bodies in turn, ``BAD_INTERVAL`` apart, for as long as the load runs (each
+    at least once); their status codes come back by name."""
     labels: list[str | None] = [None] * len(texts)
     latencies: list[float] = []
+    statuses: dict[str, list[int]] = {name: [] for name in bad or {}}
     cursor = iter(range(len(texts)))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    done = asyncio.Event()  # set once every sentence is answered
+    connections = clients + (1 if bad else 0)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", limits=limits, timeout=120) as client:
 
         async def worker() -> None:
@@ -68,9 +86,30 @@ async def load(texts: list[str], clients: int) -> tuple[list[str | None], list[f
                 if response.status_code == 200:
                     labels[index] = response.json()["label"]
 
+        async def good_load() -> None:
+            await asyncio.gather(*(worker() for _ in range(clients)))
+            done.set()
+
+        async def bad_requests() -> None:
+            while True:
+                for name, body in (bad or {}).items():
+                    response = await client.post("/predict", content=body,
+                                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                    statuses[name].append(response.status_code)
+                    await asyncio.sleep(BAD_INTERVAL)
+                if done.is_set():
+                    return
+
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return labels, latencies, time.perf_counter() - started
+        await asyncio.gather(good_load(), *([bad_requests()] if bad else []))
+        return labels, latencies, time.perf_counter() - started, statuses
+
+
+def mistakes(labels: list[str | None], expected: list[str]) -> tuple[int, int]:
+    """Failed requests, and answers whose label is not predict's."""
+    failures = sum(label is None for label in labels)
+    wrong = sum(label is not None and label != want for label, want in zip(labels, expected, strict=True))
+    return failures, wrong
 
 
 def serve(model: str, options: list[str]) -> subprocess.Popen:
@@ -102,15 +141,22 @@ def main() -> None:
         server = serve(args.model, options)
         try:
             for clients in args.clients:
-                labels, latencies, seconds = asyncio.run(load(texts, clients))
-                failures = sum(label is None for label in labels)
-                wrong = sum(label is not None and label != want for label, want in zip(labels, expected, strict=True))
+                labels, latencies, seconds, _ = asyncio.run(load(texts, clients))
+                failures, wrong = mistakes(labels, expected)
                 p50, p99 = np.percentile(latencies, [50, 99]) * 1000
                 rate = len(texts) / seconds
                 print(
                     f"{mode:16s} clients {clients:4d}: {rate:7.1f} req/s ({rate / predict_rate:.0%} of predict), "
                     f"p50 {p50:6.1f} ms, p99 {p99:7.1f} ms, failures {failures}, labels unlike predict {wrong}"
                 )
+            if mode == "dynamic":
+                labels, _, _, statuses = asyncio.run(load(texts, BAD_CLIENTS, BAD_REQUESTS))
+                failures, wrong = mistakes(labels, expected)
+                refused = all(400 <= code < 500 for codes in statuses.values() for code in codes)
+                answers = ", ".join(f"{name} -> {'/'.join(map(str, sorted(set(codes))))} (x{len(codes)})"
+                                    for name, codes in statuses.items())  # fmt: skip
+                print(f"bad requests amid {BAD_CLIENTS} clients: {answers}; all 4xx: {'yes' if refused else 'NO'}")
+                print(f"{'':16s} the good requests around them: failures {failures}, labels unlike predict {wrong}")
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -23,6 +23,7 @@ from bertforge.assets import model_architecture
 from bertforge.errors import BertforgeError
 from bertforge.recipe_config import describe_settings
 from bertforge.settings import (
+    FILL_MASK_TOP_K,
     MAX_LENGTH,
     PREDICT_BATCH_SIZE,
     QA_MAX_LENGTH,
@@ -199,7 +200,7 @@ def plot(run: str) -> None:
     log.info("wrote %s", plot_metrics(Path(run)))
 
 
-def fill_mask(model: str, text: str, top_k: int = 5) -> None:
+def fill_mask(model: str, text: str, top_k: int = FILL_MASK_TOP_K) -> None:
     """Show the most likely tokens for each [MASK] in a text, with a model from `bertforge pretrain`.
 
     example: bertforge fill-mask --model runs/pretrain/model --text "The capital of France is [MASK]."
@@ -503,12 +504,15 @@ def serve(
     quantize: str = "none",
     max_request_bytes: int = 1 << 20,
 ) -> None:
-    """Serve a fine-tuned classifier over HTTP with dynamic batching (needs `pip install 'bertforge[serve]'`).
+    """Serve a model over HTTP with dynamic batching (needs `pip install 'bertforge[serve]'`).
 
-    POST /predict takes {"inputs": "text"} or {"inputs": ["text", ...]} and answers the same label/score objects
-    as `predict`. Requests from many clients are queued and run together: a batch closes when its inputs reach
-    --max-batch-tokens tokens or its oldest request has waited --max-wait-ms (--max-wait-ms 0
-    --max-batch-tokens 1: one request per forward). GET /health, /info and /metrics (Prometheus text).
+    The routes follow the model's head: POST /predict for a classifier ({"inputs": "text"}, a {"text", "text_pair"}
+    object, or a list: the label/score objects of `predict`), /ner for a tagger (entities), /qa for question
+    answering ({"question", "context"} or a list: answers), /fill-mask for a masked-LM model ({"inputs",
+    "top_k"}: candidates), and /embed for any encoder ({"inputs"}: unit vectors). Requests from many clients are
+    queued and run together: a batch closes when its inputs reach --max-batch-tokens tokens or its oldest request
+    has waited --max-wait-ms (--max-wait-ms 0 --max-batch-tokens 1: one request per forward). GET / is a page to
+    try the model; GET /health, /info (the routes served) and /metrics (Prometheus text).
 
     example: bertforge serve --model runs/rt/model --port 8080
     """
@@ -652,7 +656,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
     "serve": (
         serve,
         [
-            Option("model", "fine-tuned classifier folder"),
+            Option("model", "checkpoint folder (classifier, tagger, QA, masked-LM or bare encoder)"),
             Option("host", "address to listen on (127.0.0.1: this machine only)"),
             Option("port", "TCP port"),
             Option("max_batch_tokens", "close a batch once its inputs hold this many tokens"),

@@ -32,7 +32,14 @@ from bertforge.ner import NO_WORD, encode_windows, predict_tags
 from bertforge.qa import find_spans, unanswered
 from bertforge.quantize import inference_device, quantize_encoder
 from bertforge.runtime import pick_precision
-from bertforge.settings import PREDICT_BATCH_SIZE, FinetuneConfig, NerConfig, QaConfig, inference_settings
+from bertforge.settings import (
+    FILL_MASK_TOP_K,
+    PREDICT_BATCH_SIZE,
+    FinetuneConfig,
+    NerConfig,
+    QaConfig,
+    inference_settings,
+)
 from bertforge.tokenizer import BertTokenizer
 
 TASKS = (
@@ -439,7 +446,9 @@ class FillMaskPipeline:
         self.device = device
         self.precision = pick_precision(precision, device)
 
-    def __call__(self, inputs: str | Sequence[str], top_k: int = 5, batch_size: int = PREDICT_BATCH_SIZE) -> list:
+    def __call__(
+        self, inputs: str | Sequence[str], top_k: int = FILL_MASK_TOP_K, batch_size: int = PREDICT_BATCH_SIZE
+    ) -> list:
         """For one text with one [MASK]: a list of ``{"token_str", "token", "score", "sequence"}``, best first.
 
         Several [MASK]s give one such list per mask; a list of texts gives one result per text.

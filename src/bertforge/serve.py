@@ -1,9 +1,13 @@
 """`bertforge serve`: an HTTP inference server with dynamic batching (FastAPI + uvicorn, the `serve` extra).
 
-Requests from many clients go into one queue; a single worker thread takes requests until their token count
-reaches ``max_batch_tokens`` or the oldest has waited ``max_wait_ms``, runs one pipeline call over all of them
+Requests from many clients go into one queue per route; a worker thread per route takes requests until their token
+count reaches ``max_batch_tokens`` or the oldest has waited ``max_wait_ms``, runs one pipeline call over all of them
 (the pipelines sort by length and unpad), and hands each request its own results. One forward over 32 sentences
 costs far less than 32 forwards of one, which is the whole point of serving through a batcher.
+
+The routes follow the model's head (config.json "architectures"): ``/predict`` for a sequence classifier, ``/ner``
+for a token classifier, ``/qa`` for question answering, ``/fill-mask`` for a masked-LM model, and ``/embed`` for
+every encoder, the task models' included.
 """
 
 import asyncio
@@ -14,13 +18,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
+from bertforge.assets import model_architecture
 from bertforge.errors import BertforgeError
-
-ROUTE_TASKS = {  # the model's architecture → (route, pipeline task); NER, QA, fill-mask and /embed are to come
-    "BertForSequenceClassification": ("/predict", "text-classification"),
-}
+from bertforge.pipelines import (
+    FeatureExtractionPipeline,
+    FillMaskPipeline,
+    QuestionAnsweringPipeline,
+    TextClassificationPipeline,
+    TokenClassificationPipeline,
+    pipeline,
+)
+from bertforge.settings import FILL_MASK_TOP_K
+from bertforge.tokenizer import BertTokenizer
 
 
 @dataclass
@@ -45,15 +57,17 @@ class Metrics:
     batch_size_buckets: dict[int, int] = field(default_factory=lambda: dict.fromkeys((1, 2, 4, 8, 16, 32, 64, 128), 0))
     queue_seconds: float = 0.0
     inference_seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)  # each route's batcher thread observes its batches
 
     def observe_batch(self, size: int, waited: float, took: float) -> None:
-        self.batches += 1
-        self.batch_items += size
-        for bound in self.batch_size_buckets:
-            if size <= bound:
-                self.batch_size_buckets[bound] += 1
-        self.queue_seconds += waited
-        self.inference_seconds += took
+        with self.lock:
+            self.batches += 1
+            self.batch_items += size
+            for bound in self.batch_size_buckets:
+                if size <= bound:
+                    self.batch_size_buckets[bound] += 1
+            self.queue_seconds += waited
+            self.inference_seconds += took
 
     def text(self) -> str:
         lines = ["# TYPE bertforge_requests_total counter"]
@@ -153,99 +167,225 @@ def require_serve_extra() -> None:
 
 
 MAX_TEXT_CHARS = 100_000  # longer texts are refused rather than tokenized: the pipelines would cut them anyway
+MAX_TOP_K = 100  # fill-mask candidates per [MASK]: the batch's forward keeps its largest top_k for every token
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>bertforge serve</title>
-<style>
-body { font: 15px system-ui, sans-serif; max-width: 44rem; margin: 2rem auto; padding: 0 1rem; }
-textarea { width: 100%; height: 5rem; font: inherit; }
-.bar { background: #4a7bd0; height: 1.1rem; }
-.row { display: grid; grid-template-columns: 8rem 1fr 4rem; gap: .5rem; align-items: center; margin: .2rem 0; }
-pre { background: #f3f3f3; padding: .6rem; white-space: pre-wrap; word-break: break-all; }
-.error { color: #b00020; }
-</style></head><body>
-<h1>bertforge serve</h1>
-<p id="about"></p>
-<form id="form"><textarea id="text" placeholder="Type a sentence"></textarea>
-<button id="submit" type="submit">Classify</button></form>
-<div id="result"></div>
-<h2>The same request with curl</h2><pre id="curl"></pre>
-<script>
-const result = document.getElementById("result"), text = document.getElementById("text");
-fetch("info").then(r => r.json()).then(info => {
-  document.getElementById("about").textContent =
-    info.model + " (" + info.task + "; labels: " + info.labels.join(", ") + ")";
-});
-function curl() {
-  const body = JSON.stringify({inputs: text.value}).replaceAll("'", "'\\\\''");
-  document.getElementById("curl").textContent =
-    "curl -X POST " + location.origin + "/predict -H 'Content-Type: application/json' -d '" + body + "'";
-}
-text.addEventListener("input", curl); curl();
-document.getElementById("form").addEventListener("submit", async event => {
-  event.preventDefault();
-  result.textContent = "…";
-  const response = await fetch("predict", {method: "POST", headers: {"Content-Type": "application/json"},
-                                           body: JSON.stringify({inputs: text.value})});
-  const answer = await response.json();
-  result.replaceChildren();
-  if (!response.ok) { result.className = "error"; result.textContent = answer.error; return; }
-  result.className = "";
-  const row = document.createElement("div"); row.className = "row"; row.id = "label";
-  const name = document.createElement("b"); name.textContent = answer.label;
-  const track = document.createElement("div"); const bar = document.createElement("div");
-  bar.className = "bar"; bar.style.width = (100 * answer.score).toFixed(1) + "%"; track.append(bar);
-  const score = document.createElement("span"); score.textContent = answer.score.toFixed(3);
-  row.append(name, track, score); result.append(row);
-});
-</script></body></html>
-"""
+@dataclass
+class Route:
+    """One POST route: its pipeline task, how it reads a request body, and the batched pipeline call behind it."""
+
+    path: str
+    task: str
+    max_length: int  # tokens per input the pipeline reads; longer inputs are windowed or cut, as it does elsewhere
+    read: Callable[[Any], tuple[list[Any], bool]]  # JSON body → items, and whether the body held a single one;
+    # ValueError, naming the field, for a body the route cannot take
+    tokens: Callable[[Any], int]  # an item's token count, which the batch budget is measured in
+    run: Callable[[list[Any]], list[Any]]  # the items of a whole batch → one JSON-ready answer per item, in order
+    labels: list[str] | None = None  # the classes or tags the model tells apart, for /info
 
 
-def _texts(body: Any) -> tuple[list[str], bool]:
-    """The texts of a ``{"inputs": "text" | ["text", ...]}`` body and whether it was a single one; ValueError if not."""
-    if not isinstance(body, dict) or "inputs" not in body:
-        raise ValueError('expected a JSON object with "inputs": a string or a list of strings')
-    inputs = body["inputs"]
+def _object(body: Any, required: tuple[str, ...], optional: tuple[str, ...] = (), name: str = "the body") -> dict:
+    """``body`` when it is a JSON object with the ``required`` fields and no others than ``optional``."""
+    expected = ", ".join(f'"{f}"' for f in (*required, *optional))
+    if not isinstance(body, dict):
+        raise ValueError(f"{name} must be a JSON object with {expected}")
+    missing = [f for f in required if f not in body]
+    if missing:
+        raise ValueError(f'{name} lacks the field "{missing[0]}"')
+    # an unknown field is refused rather than ignored: a misspelt "text_pair" or "top_k" would change the answer
+    unknown = [f for f in body if f not in required and f not in optional]
+    if unknown:
+        raise ValueError(f'{name} has an unknown field "{unknown[0]}" (expected {expected})')
+    return body
+
+
+def _text(value: Any, name: str) -> str:
+    """``value`` when it is a usable text: a string, not blank, at most ``MAX_TEXT_CHARS`` long."""
+    if not isinstance(value, str):
+        raise ValueError(f'"{name}" must be a string, not {type(value).__name__}')
+    if not value.strip():
+        raise ValueError(f'"{name}" is an empty string')
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f'"{name}" is over {MAX_TEXT_CHARS:,} characters')
+    return value
+
+
+def _one_or_many(value: Any, name: str, single: bool, what: str) -> list[Any]:
+    """``[value]`` for a single item, else ``value`` when it is a non-empty list (of ``what``)."""
+    if single:
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'"{name}" must be {what} or a non-empty list of them')
+    return value
+
+
+def _texts(inputs: Any) -> tuple[list[str], bool]:
+    """The texts of an ``"inputs": "text" | ["text", ...]`` field and whether it held a single one."""
     single = isinstance(inputs, str)
-    texts = [inputs] if single else inputs
-    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
-        raise ValueError('"inputs" must be a non-empty string or a non-empty list of strings')
-    for text in texts:
-        if not text.strip():
-            raise ValueError('"inputs" holds an empty string')
-        if len(text) > MAX_TEXT_CHARS:
-            raise ValueError(f'"inputs" holds a text over {MAX_TEXT_CHARS:,} characters')
-    return texts, single
+    texts = _one_or_many(inputs, "inputs", single, "a string")
+    return [_text(text, "inputs" if single else f"inputs[{i}]") for i, text in enumerate(texts)], single
+
+
+def classifier_route(runner: TextClassificationPipeline) -> Route:
+    """``/predict``: ``{"inputs": text | {"text", "text_pair"} | [...]}`` → ``{"label", "score"}`` per input."""
+    count = _token_counter(runner.tokenizer)
+
+    def read(body: Any) -> tuple[list[str | tuple[str, str]], bool]:
+        inputs = _object(body, ("inputs",))["inputs"]
+        single = isinstance(inputs, str | dict)
+        what = 'a string or a {"text", "text_pair"} object'
+        items: list[str | tuple[str, str]] = []
+        for index, item in enumerate(_one_or_many(inputs, "inputs", single, what)):
+            name = "inputs" if single else f"inputs[{index}]"
+            if not isinstance(item, dict):
+                items.append(_text(item, name))
+                continue
+            fields = _object(item, ("text",), ("text_pair",), name=f'"{name}"')
+            text, pair = _text(fields["text"], f"{name}.text"), fields.get("text_pair")
+            items.append(text if pair is None else (text, _text(pair, f"{name}.text_pair")))
+        return items, single
+
+    def tokens(item: str | tuple[str, str]) -> int:
+        return count(item) if isinstance(item, str) else count(item[0]) + count(item[1]) - 1  # one [CLS]
+
+    def run(items: list[str | tuple[str, str]]) -> list[Any]:
+        # The pipeline gives every text of a list with any pair in it a second segment (an empty one for a text
+        # alone), which changes a lone text's answer; texts alone and pairs go through separate calls, so each
+        # answer is the one its input gets by itself, whatever company it had in the batch.
+        answers: list[Any] = [None] * len(items)
+        for pairs in (False, True):
+            rows = [row for row, item in enumerate(items) if isinstance(item, tuple) == pairs]
+            if rows:
+                for row, answer in zip(rows, runner([items[row] for row in rows]), strict=True):
+                    answers[row] = answer
+        return answers
+
+    return Route("/predict", "text-classification", runner.settings.max_length, read, tokens, run, runner.labels)
+
+
+def ner_route(runner: TokenClassificationPipeline) -> Route:
+    """``/ner``: ``{"inputs": text | [...]}`` → the list of entities per text (type, score, word, start, end)."""
+
+    def read(body: Any) -> tuple[list[str], bool]:
+        return _texts(_object(body, ("inputs",))["inputs"])
+
+    return Route("/ner", "token-classification", runner.settings.max_length, read,
+                 _token_counter(runner.tokenizer), runner, runner.labels)  # fmt: skip
+
+
+def qa_route(runner: QuestionAnsweringPipeline) -> Route:
+    """``/qa``: ``{"question", "context"}`` or a list of them → ``{"answer", "score", "start", "end"}`` each."""
+    count = _token_counter(runner.tokenizer)
+
+    def read(body: Any) -> tuple[list[dict[str, str]], bool]:
+        single = isinstance(body, dict)
+        if not single and not (isinstance(body, list) and body):
+            raise ValueError('the body must be a {"question", "context"} object or a non-empty list of them')
+        items = []
+        for index, record in enumerate([body] if single else body):
+            where = "" if single else f"[{index}]."
+            fields = _object(record, ("question", "context"), name="the body" if single else f'"[{index}]"')
+            items.append({"question": _text(fields["question"], f"{where}question"),
+                          "context": _text(fields["context"], f"{where}context")})  # fmt: skip
+        return items, single
+
+    def tokens(item: dict[str, str]) -> int:
+        return count(item["question"]) + count(item["context"]) - 1  # one [CLS]
+
+    return Route("/qa", "question-answering", runner.settings.max_length, read, tokens, runner)
+
+
+def fill_mask_route(runner: FillMaskPipeline) -> Route:
+    """``/fill-mask``: ``{"inputs": text | [...], "top_k"?}`` → per text the best-first candidates of its
+    [MASK] (a list of such lists for several [MASK]s)."""
+    tokenizer = runner.tokenizer
+
+    def read(body: Any) -> tuple[list[tuple[str, int]], bool]:
+        fields = _object(body, ("inputs",), ("top_k",))
+        top_k = fields.get("top_k", FILL_MASK_TOP_K)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise ValueError(f'"top_k" must be a whole number from 1 to {MAX_TOP_K}')
+        texts, single = _texts(fields["inputs"])
+        for index, text in enumerate(texts):
+            # checked here, with the pipeline's own cut, since the pipeline refuses a text without a [MASK] by
+            # raising, which would fail every request of the batch
+            ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
+            if tokenizer.mask_token_id not in ids:
+                name = "inputs" if single else f"inputs[{index}]"
+                raise ValueError(f'"{name}" has no [MASK] in its first {tokenizer.model_max_length} tokens')
+        return [(text, top_k) for text in texts], single
+
+    count = _token_counter(tokenizer)
+
+    def run(items: list[tuple[str, int]]) -> list[Any]:
+        # One forward for the whole batch with its largest top_k; each request keeps the head of its list, which is
+        # what its own top_k gives, since candidates come best first.
+        results = runner([text for text, _ in items], top_k=max(top_k for _, top_k in items))
+        return [
+            result[:top_k] if isinstance(result[0], dict) else [candidates[:top_k] for candidates in result]
+            for result, (_, top_k) in zip(results, items, strict=True)
+        ]
+
+    return Route("/fill-mask", "fill-mask", tokenizer.model_max_length, read, lambda item: count(item[0]), run)
+
+
+def embed_route(runner: FeatureExtractionPipeline) -> Route:
+    """``/embed``: ``{"inputs": text | [...]}`` → a unit-length sentence vector (a list of floats) per text."""
+
+    def read(body: Any) -> tuple[list[str], bool]:
+        return _texts(_object(body, ("inputs",))["inputs"])
+
+    def run(texts: list[str]) -> list[list[float]]:
+        return [vector.tolist() for vector in runner(texts)]
+
+    return Route("/embed", "feature-extraction", runner.model.config.max_position_embeddings, read,
+                 _token_counter(runner.tokenizer), run)  # fmt: skip
+
+
+def _token_counter(tokenizer: BertTokenizer) -> Callable[[str], int]:
+    """A text's token count with its [CLS] and [SEP]."""
+    return lambda text: len(tokenizer.tokenize(text)) + 2
+
+
+TASK_ROUTES = {  # the model's architecture → its pipeline task and the route serving it; /embed serves any encoder
+    "BertForSequenceClassification": ("text-classification", classifier_route),
+    "BertForTokenClassification": ("token-classification", ner_route),
+    "BertForQuestionAnswering": ("question-answering", qa_route),
+    "BertForMaskedLM": ("fill-mask", fill_mask_route),
+    "BertForPreTraining": ("fill-mask", fill_mask_route),  # its MLM head; the NSP head is not served
+}
+
+
+def model_routes(model: str, architecture: str, precision: str, quantize: str) -> list[Route]:
+    """The routes ``model`` serves: its head's route, if it has one we serve, then ``/embed``."""
+    if architecture not in TASK_ROUTES:  # a bare encoder, or a head with no route: its encoder is still of use
+        return [embed_route(pipeline("feature-extraction", model=model, precision=precision, quantize=quantize))]
+    task, route = TASK_ROUTES[architecture]
+    runner = pipeline(task, model=model, precision=precision, quantize=quantize)
+    # /embed runs the task model's own encoder (quantized with it) rather than a second copy loaded from the folder
+    embedder = FeatureExtractionPipeline(runner.model.bert, runner.tokenizer, runner.device, precision)
+    return [route(runner), embed_route(embedder)]
 
 
 def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.0, precision: str = "fp32",
                quantize: str = "none", max_request_bytes: int = 1 << 20) -> Any:  # fmt: skip
-    """The FastAPI application serving the classifier in ``model`` (the routes follow its head)."""
+    """The FastAPI application serving ``model``: the routes its head calls for (:func:`model_routes`), each with
+    its own batcher, plus the page, /health, /info and /metrics."""
     require_serve_extra()
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
-    from bertforge.assets import model_architecture
-    from bertforge.pipelines import pipeline
-
     architecture = model_architecture(model)
-    if architecture not in ROUTE_TASKS:
-        raise BertforgeError(f"{model}: bertforge serve does not know the head {architecture}")
-    route, task = ROUTE_TASKS[architecture]
-    runner = pipeline(task, model=model, precision=precision, quantize=quantize)
+    routes = model_routes(model, architecture, precision, quantize)
     metrics = Metrics()
-
-    def run(items: list[Any]) -> list[Any]:
-        return [{"label": r["label"], "score": r["score"]} for r in runner(items)]
-
-    batcher = Batcher(run, max_batch_tokens, max_wait_ms, metrics)
+    batchers = [Batcher(route.run, max_batch_tokens, max_wait_ms, metrics) for route in routes]
+    page = resources.files("bertforge").joinpath("serve_page.html").read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> Any:
         yield
-        batcher.close()  # uvicorn stops accepting first, then the queued requests finish here
+        for batcher in batchers:  # uvicorn stops accepting first, then the queued requests finish here
+            batcher.close()
 
     app = FastAPI(title="bertforge serve", lifespan=lifespan)
 
@@ -253,29 +393,35 @@ def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.
         metrics.errors[str(status)] = metrics.errors.get(str(status), 0) + 1
         return JSONResponse({"error": message}, status_code=status)
 
-    @app.post(route)
-    async def predict(request: Request) -> Any:
-        metrics.requests[route] = metrics.requests.get(route, 0) + 1
-        raw = await request.body()
-        if len(raw) > max_request_bytes:
-            return error(413, f"request body over {max_request_bytes:,} bytes")
-        try:
-            texts, single = _texts(json.loads(raw))
-        except ValueError as problem:  # json.JSONDecodeError is a ValueError
-            return error(400, str(problem))
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        tokens = sum(len(runner.tokenizer.tokenize(text)) + 2 for text in texts)
-        batcher.submit(Job(texts, tokens, future, loop))
-        try:
-            results = await future
-        except Exception as problem:
-            return error(500, f"inference failed: {problem}")
-        return results[0] if single else results
+    def endpoint(route: Route, batcher: Batcher) -> Callable[[Request], Any]:
+        async def answer(request: Request) -> Any:
+            metrics.requests[route.path] = metrics.requests.get(route.path, 0) + 1
+            raw = await request.body()
+            if len(raw) > max_request_bytes:
+                return error(413, f"request body over {max_request_bytes:,} bytes")
+            try:
+                items, single = route.read(json.loads(raw))
+            except ValueError as problem:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                return error(400, str(problem))
+            except RecursionError:  # JSON nested deeper than the parser's stack
+                return error(400, "the body is nested too deeply")
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            batcher.submit(Job(items, sum(route.tokens(item) for item in items), future, loop))
+            try:
+                results = await future
+            except Exception as problem:
+                return error(500, f"inference failed: {problem}")
+            return results[0] if single else results
+
+        return answer
+
+    for route, batcher in zip(routes, batchers, strict=True):
+        app.add_api_route(route.path, endpoint(route, batcher), methods=["POST"])
 
     @app.get("/")
-    async def page() -> Any:
-        return HTMLResponse(PAGE)
+    async def home() -> Any:
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health() -> Any:
@@ -283,8 +429,14 @@ def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.
 
     @app.get("/info")
     async def info() -> Any:
-        return {"model": model, "architecture": architecture, "task": task, "route": route,
-                "labels": getattr(runner, "labels", None), "max_length": runner.settings.max_length}  # fmt: skip
+        return {
+            "model": model,
+            "architecture": architecture,
+            "task": routes[0].task,
+            "labels": routes[0].labels,
+            "max_length": routes[0].max_length,
+            "routes": [{"path": r.path, "task": r.task, "max_length": r.max_length} for r in routes],
+        }
 
     @app.get("/metrics")
     async def prometheus() -> Any:

@@ -32,6 +32,7 @@ MAX_ANSWER_LENGTH = 30  # QA: the longest answer, in tokens, that post-processin
 N_BEST = 20  # QA: best start and end positions per window paired into candidate spans
 EVAL_BATCH_SIZE = 64  # inputs per forward pass when a fine-tuning run (or a library function) evaluates
 PREDICT_BATCH_SIZE = 32  # inputs per forward pass of `predict`, `embed` and the pipelines
+FILL_MASK_TOP_K = 5  # fill-mask: candidates listed per [MASK]
 
 
 @dataclass
