@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertforge.cli import main
-from bertforge.data.examples import Pair
+from bertforge.data.examples import Pair, PretrainingExamples
 from bertforge.data.shard_reader import ShardedCorpus
 from bertforge.data.shard_writer import prepare_corpus
 from bertforge.errors import BertforgeError
@@ -132,6 +132,44 @@ def test_resumed_run_repeats_the_uninterrupted_losses(shards, tmp_path):
     pretrain(settings(shards, tmp_path / "b", resume=True))
     assert read_losses(interrupted) == expected
     assert (interrupted / "curves.png").stat().st_size > 0
+
+
+def test_short_phase_then_full_length_and_resume_across_the_switch(shards, tmp_path, monkeypatch):
+    widths = []  # (the examples' sequence length, the widest batch it gave) per batch drawn
+    batches = PretrainingExamples.batches
+
+    def recording(self, epoch, batch_size, skip=0):
+        for batch in batches(self, epoch, batch_size, skip):
+            widths.append((self.max_seq_length, int(batch["attention_mask"].sum(1).max())))
+            yield batch
+
+    monkeypatch.setattr(PretrainingExamples, "batches", recording)
+    phased = dict(short_phase_seq_length=16, short_phase=0.5)
+    pretrain(settings(shards, tmp_path / "a", **phased))
+    assert len(widths) == 2 + 6  # the two validation batches are drawn first, at full length
+    training = widths[2:]
+    assert [length for length, _ in training] == [16, 16, 16, 64, 64, 64]
+    assert max(width for length, width in training[:3]) <= 16 < max(width for _, width in training[3:])
+    expected = read_losses(tmp_path / "a" / "run")
+
+    interrupted = tmp_path / "b" / "run"
+    pretrain(settings(shards, tmp_path / "b", **phased))
+    shutil.rmtree(interrupted / "checkpoints" / "step-0000006")  # killed after the step-3 checkpoint, at the switch
+    pretrain(settings(shards, tmp_path / "b", resume=True, **phased))
+    assert read_losses(interrupted) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(short_phase_seq_length=64), "below max_seq_length"),
+        (dict(short_phase_seq_length=16, short_phase=1.0), "short_phase 1.0"),
+        (dict(short_phase_seq_length=16, max_steps=None, max_epochs=1), "max_steps or max_minutes"),
+    ],
+)
+def test_bad_short_phase_settings_are_refused(shards, tmp_path, overrides, message):
+    with pytest.raises(BertforgeError, match=message):
+        settings(shards, tmp_path, **overrides)
 
 
 def test_cli_pretrain_then_fill_mask(shards, tmp_path, capsys):

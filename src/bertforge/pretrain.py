@@ -152,6 +152,15 @@ def make_examples(settings: PretrainConfig, corpus: ShardedCorpus, tokenizer: Be
     )
 
 
+def short_phase_settings(settings: PretrainConfig) -> PretrainConfig:
+    """The settings of the short first phase: its sequence length, and a prediction cap scaled to it."""
+    assert settings.short_phase_seq_length is not None
+    length = settings.short_phase_seq_length
+    predictions = math.ceil(settings.max_predictions_per_seq * length / settings.max_seq_length)
+    return dataclasses.replace(settings, max_seq_length=length, max_predictions_per_seq=predictions,
+                               short_phase_seq_length=None)  # fmt: skip
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device, precision: str) -> dict[str, float]:
     """Validation MLM loss and accuracy over masked tokens, NSP accuracy over examples."""
@@ -187,7 +196,9 @@ def pretrain(settings: PretrainConfig) -> Path:
     tokenizer = BertTokenizer.from_pretrained(data_dir / "tokenizer")
     check_tokenizer(data_dir, tokenizer)
     train_corpus, valid_corpus = ShardedCorpus(data_dir, "train"), ShardedCorpus(data_dir, "valid")
-    examples = make_examples(settings, train_corpus, tokenizer)
+    examples_of_phase = {"long": make_examples(settings, train_corpus, tokenizer)}
+    if settings.short_phase_seq_length is not None:
+        examples_of_phase["short"] = make_examples(short_phase_settings(settings), train_corpus, tokenizer)
     if settings.next_sentence_prediction and valid_corpus.num_documents < 2:
         raise BertforgeError(
             f"{data_dir}: the validation split has {valid_corpus.num_documents} document(s), but evaluating "
@@ -225,16 +236,18 @@ def pretrain(settings: PretrainConfig) -> Path:
     betas = (settings.adam_beta1, settings.adam_beta2)
     optimizer = build_optimizer(model, settings.learning_rate, settings.weight_decay, betas, settings.adam_epsilon)
     step, epoch, batch_in_epoch, elapsed, tokens_seen = 0, 0, 0, setup_seconds, 0
+    phase = "short" if "short" in examples_of_phase else "long"
     if checkpoint is not None:
         state = load_training_state(checkpoint, optimizer, model)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        phase = state.get("phase", phase)
         elapsed, tokens_seen = state["elapsed"], state["tokens_seen"]
         restore_rank_rng(state, processes, settings.seed, step)
         log.info("resumed from %s (step %d, epoch %d)", checkpoint, step, epoch)
     # Under FSDP every process takes part in each forward pass, so all evaluate (only the main one reports).
     evaluates = processes.is_main or is_sharded(model)
 
-    steps_per_epoch = math.ceil(examples.count(0) / settings.batch_size)
+    steps_per_epoch = math.ceil(examples_of_phase[phase].count(0) / settings.batch_size)
     total_steps = min(
         settings.max_steps or math.inf,
         math.ceil(settings.max_epochs * steps_per_epoch) if settings.max_epochs else math.inf,
@@ -274,8 +287,9 @@ def pretrain(settings: PretrainConfig) -> Path:
     window_tokens, window_start = 0, time.perf_counter()
     done = progress_now() >= 1.0
     while not done:
-        batches = examples.batches(epoch, settings.batch_size, skip=batch_in_epoch)
-        while not done:
+        batches = examples_of_phase[phase].batches(epoch, settings.batch_size, skip=batch_in_epoch)
+        switching = False  # from the short phase to the long one: new examples, counted from epoch 0
+        while not done and not switching:
             batch = next(batches, None)
             if batch is None:
                 break  # the epoch is over
@@ -314,6 +328,9 @@ def pretrain(settings: PretrainConfig) -> Path:
             step += 1
             batch_in_epoch += 1
             done = progress_now() >= 1.0
+            if phase == "short" and progress_now() >= settings.short_phase:
+                phase, epoch, batch_in_epoch, switching = "long", 0, 0, True
+                log.info("step %d: examples of %d tokens from here on", step, settings.max_seq_length)
 
             if step % settings.log_every == 0 or done:
                 rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
@@ -331,14 +348,14 @@ def pretrain(settings: PretrainConfig) -> Path:
                     bar.write("step {}: {}".format(step, ", ".join(f"valid {k} {v:.4f}" for k, v in scores.items())))
             if step % settings.save_every == 0 or done:
                 random_states = gather_objects(torch.get_rng_state(), processes)
-                state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "elapsed": elapsed,
-                         "tokens_seen": tokens_seen, "rank_torch_rng": random_states}  # fmt: skip
+                state = {"step": step, "phase": phase, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                         "elapsed": elapsed, "tokens_seen": tokens_seen, "rank_torch_rng": random_states}  # fmt: skip
                 whole = whole_model(model, processes, architecture)
                 optimizer_state = optimizer_state_by_name(model, optimizer)
                 if processes.is_main:
                     save_checkpoint(run_dir, step, whole, optimizer, state, tokenizer, settings.keep_checkpoints,
                                     optimizer_state=optimizer_state)  # fmt: skip
-        if not done:
+        if not done and not switching:
             epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
 

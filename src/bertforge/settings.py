@@ -87,6 +87,10 @@ class PretrainConfig(TrainingSettings):
     nsp_loss_weight: float = 1.0  # loss = MLM + this × NSP (BERT: 1)
     max_seq_length: int = MAX_LENGTH  # tokens per example, [CLS]/[SEP] included
     short_seq_prob: float = 0.1  # share of NSP examples with a shorter random target length
+    # Two phases as in BERT (Devlin et al., 2019: 128 tokens for 90% of the steps, then 512): examples this long, and
+    # max_predictions_per_seq scaled to them, until `short_phase` of training; then max_seq_length. None: one phase.
+    short_phase_seq_length: int | None = None
+    short_phase: float = 0.9  # share of training (steps or time budget) at short_phase_seq_length
     mlm_probability: float = MLM_PROBABILITY  # share of tokens chosen for prediction
     max_predictions_per_seq: int = MAX_PREDICTIONS_PER_SEQ  # cap on chosen tokens per sequence
     whole_word_masking: bool = False  # choose all pieces of a word together
@@ -119,6 +123,16 @@ class PretrainConfig(TrainingSettings):
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
         if not 0.0 < self.cooldown <= 1.0:
             raise BertforgeError(f"cooldown {self.cooldown} must be a share of training in (0, 1]")
+        if self.short_phase_seq_length is not None:
+            if not 8 <= self.short_phase_seq_length < self.max_seq_length:
+                raise BertforgeError(
+                    f"short_phase_seq_length {self.short_phase_seq_length} must be at least 8 and below "
+                    f"max_seq_length {self.max_seq_length}"
+                )
+            if not 0.0 < self.short_phase < 1.0:
+                raise BertforgeError(f"short_phase {self.short_phase} must be a share of training in (0, 1)")
+            if self.max_epochs is not None:
+                raise BertforgeError("short_phase_seq_length needs max_steps or max_minutes: epochs differ by phase")
         check_classifier_pooling(self.classifier_pooling, unset_allowed=True)
         if self.embedding_init not in ("bert", "ppmi"):
             raise BertforgeError(f"embedding_init {self.embedding_init!r} is not one of bert, ppmi")
