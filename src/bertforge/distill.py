@@ -28,8 +28,8 @@ from bertforge.config import BertConfig
 from bertforge.data.classification import ClassificationFile
 from bertforge.distributed import join_processes, leave_processes, wrap_model
 from bertforge.errors import BertforgeError, read_user_text
-from bertforge.finetune import encode_file, evaluate_model, print_report, read_split, report_skipped
-from bertforge.finetuning import DevScores, planned_steps, start_run, train_epochs
+from bertforge.finetune import dev_scorer, encode_file, evaluate_model, print_report, read_split, report_skipped
+from bertforge.finetuning import planned_steps, start_run, train_epochs
 from bertforge.heads import BertForSequenceClassification
 from bertforge.inference import EncodedInputs, collate, forward_batches
 from bertforge.model import BertModel
@@ -221,16 +221,12 @@ def distill_classification(settings: DistillConfig) -> Path:
         return distillation_loss(logits, soft_targets[rows].to(device), torch.from_numpy(targets[rows]).to(device),
                                  settings.temperature, settings.soft_weight, settings.gold_weight)  # fmt: skip
 
-    def dev_scores(trained: torch.nn.Module) -> DevScores:
-        scores = evaluate_model(trained, tokenizer, dev, settings, device, precision)
-        value = scores[settings.metric]
-        return DevScores(value, {k: v for k, v in scores.items() if isinstance(v, float)},
-                         f"dev {settings.metric} {value:.4f}")  # fmt: skip
+    dev_scores = dev_scorer(tokenizer, dev, settings, device, precision) if dev is not None else None
 
     # ---- loop ----
     train_epochs(state, settings=settings, model=model, optimizer=optimizer,
                  lengths=[len(ids) for ids in inputs.input_ids], counts=np.ones(len(inputs)), loss_of=loss_of,
-                 evaluate=dev_scores if dev is not None else None, metric=settings.metric, total_steps=total_steps,
+                 evaluate=dev_scores, metric=settings.metric, total_steps=total_steps,
                  tokenizer=tokenizer, run_dir=run_dir, metrics=metrics, processes=processes, precision=precision,
                  device=device, description="distilling")  # fmt: skip
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,20 @@ def evaluate_model(
     return score(logits, data, settings.regression)
 
 
+def dev_scorer(
+    tokenizer: BertTokenizer, dev: ClassificationFile, settings: FinetuneConfig, device: torch.device, precision: str
+) -> Callable[[torch.nn.Module], DevScores]:
+    """The dev evaluation the shared training loop calls after each epoch: ``settings.metric`` decides the best."""
+
+    def dev_scores(trained: torch.nn.Module) -> DevScores:
+        scores = evaluate_model(trained, tokenizer, dev, settings, device, precision)
+        value = scores[settings.metric]
+        return DevScores(value, {k: v for k, v in scores.items() if isinstance(v, float)},
+                         f"dev {settings.metric} {value:.4f}")  # fmt: skip
+
+    return dev_scores
+
+
 def report_skipped(data: ClassificationFile) -> None:
     if data.skipped:
         reasons = "; ".join(f"line {line}: {reason}" for line, reason in data.skipped[:3])
@@ -181,16 +196,12 @@ def finetune_classification(settings: FinetuneConfig) -> Path:
         batch_labels = torch.as_tensor(targets[rows], dtype=label_dtype, device=device)
         return model(**batch, labels=batch_labels, class_weights=class_weights).loss
 
-    def dev_scores(trained: torch.nn.Module) -> DevScores:
-        scores = evaluate_model(trained, tokenizer, dev, settings, device, precision)
-        value = scores[settings.metric]
-        return DevScores(value, {k: v for k, v in scores.items() if isinstance(v, float)},
-                         f"dev {settings.metric} {value:.4f}")  # fmt: skip
+    dev_scores = dev_scorer(tokenizer, dev, settings, device, precision) if dev is not None else None
 
     # ---- loop ----
     train_epochs(state, settings=settings, model=model, optimizer=optimizer,
                  lengths=[len(ids) for ids in train_inputs.input_ids], counts=counted, loss_of=loss_of,
-                 evaluate=dev_scores if dev is not None else None, metric=settings.metric, total_steps=total_steps,
+                 evaluate=dev_scores, metric=settings.metric, total_steps=total_steps,
                  tokenizer=tokenizer, run_dir=run_dir, metrics=metrics, processes=processes, precision=precision,
                  device=device, description="fine-tuning")  # fmt: skip
 
