@@ -87,6 +87,11 @@ def _send(app, path, bodies):
     return asyncio.run(scenario())
 
 
+# Long enough that requests sent together share one batch even on a loaded CI machine (200 ms was not, once);
+# each test that asserts a single batch waits this long for it.
+TOGETHER_MS = 2000
+
+
 def _batches(metrics):
     return int(next(line.split()[1] for line in metrics.splitlines() if line.startswith("bertforge_batch_size_count")))
 
@@ -126,7 +131,7 @@ def test_text_pairs_are_answered_as_the_pipeline_answers_each_alone(classifier):
     first, second = "the cat sat on the mat.", "a bird flew over the house."
     pair = {"text": first, "text_pair": second}
     bodies = [{"inputs": first}, {"inputs": pair}, {"inputs": [second, pair, {"text": second}]}]
-    responses, metrics = _send(_app(classifier), "/predict", bodies)
+    responses, metrics = _send(_app(classifier, max_wait_ms=TOGETHER_MS), "/predict", bodies)
     classify = pipeline("text-classification", model=classifier)
     assert [r.status_code for r in responses] == [200, 200, 200]
     _close(responses[0].json(), classify(first))
@@ -138,7 +143,8 @@ def test_text_pairs_are_answered_as_the_pipeline_answers_each_alone(classifier):
 
 def test_ner_answers_the_pipelines_entities(tagger):
     texts = ["the cat sat on the mat.", "a bird flew over the house.", "the dog sat on the log."]
-    responses, metrics = _send(_app(tagger), "/ner", [{"inputs": texts[0]}, {"inputs": texts[1:]}])
+    bodies = [{"inputs": texts[0]}, {"inputs": texts[1:]}]
+    responses, metrics = _send(_app(tagger, max_wait_ms=TOGETHER_MS), "/ner", bodies)
     expected = pipeline("ner", model=tagger)(texts)
     assert any(expected) and [r.status_code for r in responses] == [200, 200]
     _close(responses[0].json(), expected[0])
@@ -149,7 +155,7 @@ def test_ner_answers_the_pipelines_entities(tagger):
 def test_qa_answers_the_pipelines_spans(reader):
     asked = [{"question": "who sat on the mat?", "context": "the cat sat on the mat. the dog sat on the log."},
              {"question": "what flew?", "context": "a bird flew over the house."}]  # fmt: skip
-    responses, metrics = _send(_app(reader), "/qa", [asked[0], asked, asked[1:]])
+    responses, metrics = _send(_app(reader, max_wait_ms=TOGETHER_MS), "/qa", [asked[0], asked, asked[1:]])
     expected = pipeline("question-answering", model=reader)(asked)
     assert [r.status_code for r in responses] == [200, 200, 200]
     _close(responses[0].json(), expected[0])
@@ -162,7 +168,7 @@ def test_fill_mask_gives_the_pipelines_candidates_for_each_requests_top_k(masked
     """Requests with different top_k share one forward; each gets what the pipeline gives for its own top_k."""
     one, two = "the [MASK] sat on the mat.", "a [MASK] flew over the [MASK]."
     bodies = [{"inputs": one}, {"inputs": one, "top_k": 2}, {"inputs": [one, two], "top_k": 3}]
-    responses, metrics = _send(_app(masked_lm), "/fill-mask", bodies)
+    responses, metrics = _send(_app(masked_lm, max_wait_ms=TOGETHER_MS), "/fill-mask", bodies)
     fill = pipeline("fill-mask", model=masked_lm)
     assert [r.status_code for r in responses] == [200, 200, 200]
     _close(responses[0].json(), fill(one))

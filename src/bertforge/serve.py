@@ -396,8 +396,11 @@ def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.
     def endpoint(route: Route, batcher: Batcher) -> Callable[[Request], Any]:
         async def answer(request: Request) -> Any:
             metrics.requests[route.path] = metrics.requests.get(route.path, 0) + 1
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_request_bytes:  # refused before the body is read
+                return error(413, f"request body over {max_request_bytes:,} bytes")
             raw = await request.body()
-            if len(raw) > max_request_bytes:
+            if len(raw) > max_request_bytes:  # chunked bodies declare no length
                 return error(413, f"request body over {max_request_bytes:,} bytes")
             try:
                 items, single = route.read(json.loads(raw))
