@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,10 +39,13 @@ RECIPE = ["--train", "rotten_tomatoes", "--epochs", "2", "--max-length", "64", "
 def bertforge(*arguments: str) -> tuple[str, float, float]:
     """Run the CLI in a child process: its standard output, wall seconds and its own peak resident memory (MB)."""
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "bertforge", *arguments], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    stdout, stderr = child.communicate()  # reads both pipes to the end; the child is then a zombie until waited
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
+    # Output goes to files, not pipes: Popen.communicate would reap the child before os.wait4 could read its rusage.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, "-m", "bertforge", *arguments], stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bertforge {' '.join(arguments)} failed:\n{stderr[-3000:]}")
     return stdout, time.perf_counter() - started, usage.ru_maxrss / 1024
