@@ -173,6 +173,12 @@ def test_pipeline_inputs_order_pairs_and_top_k(workspace, tmp_path):
     pair = classify(("great film", "boring plot"))
     assert pair == classify({"text": "great film", "text_pair": "boring plot"})
     assert pair != one_by_one[0]
+    # a list mixing texts alone and pairs: a text alone is still encoded without a second segment
+    mixed = classify(["great film", ("great film", "boring plot"), "charming"])
+    np.testing.assert_allclose([mixed[0]["score"], mixed[2]["score"]], [one_by_one[0]["score"], one_by_one[3]["score"]],
+                               atol=1e-5)  # fmt: skip
+    assert mixed[0]["label"] == one_by_one[0]["label"] and mixed[1]["label"] == pair["label"]
+    np.testing.assert_allclose(mixed[1]["score"], pair["score"], atol=1e-5)
 
 
 def test_pipeline_cuts_texts_as_the_fine_tuning_run_did_unless_told_otherwise(workspace, tmp_path):

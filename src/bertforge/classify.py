@@ -26,15 +26,24 @@ LONG_TEXT_MODES = ("truncate", "window")
 def encode_texts(
     tokenizer: BertTokenizer,
     texts: Sequence[str],
-    pairs: Sequence[str] | None = None,
+    pairs: Sequence[str | None] | None = None,
     *,
     max_length: int,
     long_text: str = "truncate",
     stride: int = WINDOW_STRIDE,
 ) -> EncodedInputs:
-    """Tokenize texts (and optional second texts) into model inputs, truncated or windowed."""
+    """Tokenize texts (and optional second texts) into model inputs, truncated or windowed.
+
+    A None in ``pairs`` marks a text without a second segment: it is encoded exactly as it would be alone
+    ([CLS] text [SEP], not followed by an empty segment), so a text's answer does not depend on its company.
+    """
     if long_text not in LONG_TEXT_MODES:
         raise BertforgeError(f"long_text {long_text!r} is not one of {LONG_TEXT_MODES}")
+    if pairs is not None and any(pair is None for pair in pairs):
+        if all(pair is None for pair in pairs):
+            pairs = None
+        else:
+            return _encode_mixed(tokenizer, texts, pairs, max_length=max_length, long_text=long_text, stride=stride)
     if long_text == "truncate" or not texts:
         encoded = tokenizer(list(texts), list(pairs) if pairs else None, truncation=True, max_length=max_length)
         source = np.arange(len(texts))
@@ -50,6 +59,35 @@ def encode_texts(
         )
         source = np.asarray(encoded["overflow_to_sample_mapping"])
     return EncodedInputs(encoded["input_ids"], encoded["token_type_ids"], source)
+
+
+def _encode_mixed(
+    tokenizer: BertTokenizer,
+    texts: Sequence[str],
+    pairs: Sequence[str | None],
+    *,
+    max_length: int,
+    long_text: str,
+    stride: int,
+) -> EncodedInputs:
+    """Texts alone and text pairs encoded apart and joined; ``source`` still names each input's text."""
+    input_ids: list[list[int]] = []
+    token_type_ids: list[list[int]] = []
+    sources = []
+    for with_pair in (False, True):
+        rows = np.asarray([row for row, pair in enumerate(pairs) if (pair is not None) == with_pair])
+        part = encode_texts(
+            tokenizer,
+            [texts[row] for row in rows],
+            [pairs[row] for row in rows] if with_pair else None,
+            max_length=max_length,
+            long_text=long_text,
+            stride=stride,
+        )
+        input_ids += part.input_ids
+        token_type_ids += part.token_type_ids
+        sources.append(rows[part.source])
+    return EncodedInputs(input_ids, token_type_ids, np.concatenate(sources))
 
 
 def predict_logits(

@@ -150,11 +150,10 @@ class TextClassificationPipeline:
         single = isinstance(inputs, str | tuple | dict)
         items = [inputs] if single else list(inputs)
         texts, pairs = zip(*(_split_input(item) for item in items), strict=True) if items else ((), ())
-        has_pairs = any(pair is not None for pair in pairs)
         encoded = encode_texts(
             self.tokenizer,
             list(texts),
-            [pair or "" for pair in pairs] if has_pairs else None,
+            list(pairs),
             max_length=self.settings.max_length,
             long_text=self.settings.long_text,
             stride=self.settings.window_stride,

@@ -248,19 +248,7 @@ def classifier_route(runner: TextClassificationPipeline) -> Route:
     def tokens(item: str | tuple[str, str]) -> int:
         return count(item) if isinstance(item, str) else count(item[0]) + count(item[1]) - 1  # one [CLS]
 
-    def run(items: list[str | tuple[str, str]]) -> list[Any]:
-        # The pipeline gives every text of a list with any pair in it a second segment (an empty one for a text
-        # alone), which changes a lone text's answer; texts alone and pairs go through separate calls, so each
-        # answer is the one its input gets by itself, whatever company it had in the batch.
-        answers: list[Any] = [None] * len(items)
-        for pairs in (False, True):
-            rows = [row for row, item in enumerate(items) if isinstance(item, tuple) == pairs]
-            if rows:
-                for row, answer in zip(rows, runner([items[row] for row in rows]), strict=True):
-                    answers[row] = answer
-        return answers
-
-    return Route("/predict", "text-classification", runner.settings.max_length, read, tokens, run, runner.labels)
+    return Route("/predict", "text-classification", runner.settings.max_length, read, tokens, runner, runner.labels)
 
 
 def ner_route(runner: TokenClassificationPipeline) -> Route:
