@@ -10,7 +10,13 @@ import torch
 
 from bertforge import BertConfig, BertModel
 from bertforge.cli import main
-from bertforge.distill import distillation_loss, kept_layers, soft_target_loss, student_from_teacher
+from bertforge.distill import (
+    distillation_loss,
+    hidden_state_loss,
+    kept_layers,
+    soft_target_loss,
+    student_from_teacher,
+)
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertForSequenceClassification
 from bertforge.tokenizer import train_tokenizer
@@ -114,10 +120,21 @@ def distill_args(root, out, *extra):
             "false", "--precision", "fp32", *extra]  # fmt: skip
 
 
+def test_hidden_state_loss_pairs_each_student_layer_with_the_teacher_layer_it_copies():
+    # Teacher: embeddings and 6 layers, each state filled with its index; student: 3 states (a, b, c). 2 of 6
+    # layers copies teacher layers 3 and 6 (kept_layers [2, 5]), so the pairs are (a, 0), (b, 3) and (c, 6).
+    mask = torch.tensor([[1, 1, 0]])  # the padding position holds 100 in the student and must not count
+    teacher = tuple(torch.full((1, 3, 4), float(k)) for k in range(7))
+    student = tuple(torch.tensor([value, value, 100.0])[None, :, None].expand(1, 3, 4) for value in (1.0, 1.0, 4.0))
+    expected = ((1 - 0) ** 2 + (1 - 3) ** 2 + (4 - 6) ** 2) / 3
+    assert hidden_state_loss(student, teacher, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert hidden_state_loss(teacher, teacher, mask).item() == 0.0
+
+
 def test_distill_evaluate_predict_round_trip(workspace, tmp_path, capsys):
     out = tmp_path / "student"
     assert main(distill_args(workspace, out, "--unlabeled", str(workspace / "unlabeled.txt"), "--gold-weight",
-                             "0.5")) == 0  # fmt: skip
+                             "0.5", "--hidden-weight", "0.5")) == 0  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["teacher"]["test"]["accuracy"] >= 0.9, report
     assert report["student"]["test"]["accuracy"] >= 0.9, report  # the one kept layer still reads the telling words
@@ -168,15 +185,19 @@ def test_student_with_another_vocabulary_is_refused(workspace, tmp_path, capsys)
     assert "vocabulary differs from the teacher's" in capsys.readouterr().err
 
 
-def test_student_wider_than_the_teacher_is_refused(workspace, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [((), "is wider than the teacher"), (("--hidden-weight", "1"), "needs a student as wide as the teacher")],
+)
+def test_student_wider_than_the_teacher_is_refused(workspace, tmp_path, capsys, extra, message):
     config = BertConfig.load(workspace / "encoder")
     wide = BertModel(BertConfig.preset("mini", vocab_size=config.vocab_size, max_position_embeddings=64))
     wide.save_pretrained(tmp_path / "student")
     for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
         if (workspace / "encoder" / name).is_file():
             (tmp_path / "student" / name).write_bytes((workspace / "encoder" / name).read_bytes())
-    assert main([*distill_args(workspace, tmp_path / "out"), "--student", str(tmp_path / "student")]) != 0
-    assert "is wider than the teacher" in capsys.readouterr().err
+    assert main([*distill_args(workspace, tmp_path / "out"), "--student", str(tmp_path / "student"), *extra]) != 0
+    assert message in capsys.readouterr().err
 
 
 def test_resume_after_a_crash_gives_the_same_student(workspace, tmp_path, monkeypatch):
@@ -203,3 +224,14 @@ def test_resume_after_a_crash_gives_the_same_student(workspace, tmp_path, monkey
     resumed = BertForSequenceClassification.from_pretrained(tmp_path / "b" / "model")
     for name, tensor in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--temperature", "0", "temperature must be above 0"), ("--soft-weight", "0", "not both 0"),
+     ("--hidden-weight", "-1", "hidden_weight must be at least 0")],
+)  # fmt: skip
+def test_bad_loss_settings_are_one_line_errors(workspace, tmp_path, capsys, option, value, message):
+    assert main([*distill_args(workspace, tmp_path / "out"), option, value]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

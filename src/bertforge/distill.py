@@ -99,6 +99,24 @@ def distillation_loss(
     return loss
 
 
+def hidden_state_loss(
+    student_hidden: tuple[Tensor, ...], teacher_hidden: tuple[Tensor, ...], attention_mask: Tensor
+) -> Tensor:
+    """Mean squared error between the student's hidden states and the teacher's they map to, over real tokens.
+
+    TinyBERT (Jiao et al., 2020, eqs. 7 and 9) without its projection, as both are equally wide: the embeddings
+    match the teacher's embeddings, and student layer i the teacher layer :func:`kept_layers` copied into it
+    (the same spacing for a student not made from the teacher). ``student_hidden`` holds S + 1 and
+    ``teacher_hidden`` L + 1 tensors (B, T, H); (B, T) ``attention_mask`` marks the real tokens.
+    """
+    layers = kept_layers(len(teacher_hidden) - 1, len(student_hidden) - 1)
+    pairs = [(student_hidden[0], teacher_hidden[0])]
+    pairs += [(student_hidden[i + 1], teacher_hidden[layer + 1]) for i, layer in enumerate(layers)]
+    real = attention_mask.bool()  # (B, T)
+    errors = [F.mse_loss(student[real].float(), teacher[real].float()) for student, teacher in pairs]
+    return torch.stack(errors).mean()
+
+
 def check_teacher(model_dir: Path) -> BertConfig:
     """The teacher's config, after checking that it is a trained classifier: a head and a label set."""
     config = BertConfig.load(model_dir)
@@ -133,6 +151,11 @@ def build_student(
             "token ids (or start from the teacher's own layers with --student-layers)"
         )
     encoder = BertModel.from_pretrained(student_dir)
+    if settings.hidden_weight > 0 and encoder.config.hidden_size != teacher.config.hidden_size:
+        raise BertforgeError(
+            f"{student_dir}: hidden_weight needs a student as wide as the teacher ({teacher.config.hidden_size}), "
+            f"this one is {encoder.config.hidden_size} wide; set --hidden-weight 0 or choose an equally wide student"
+        )
     if encoder.config.hidden_size > teacher.config.hidden_size:
         # Without a hidden-state loss there is no projection between the widths, and a wider student is no saving.
         raise BertforgeError(
@@ -217,9 +240,16 @@ def distill_classification(settings: DistillConfig) -> Path:
 
     def loss_of(rows: np.ndarray) -> torch.Tensor:
         batch = {k: v.to(device) for k, v in collate(inputs, rows, tokenizer.pad_token_id).items()}
-        logits = model(**batch).logits  # (B, C)
-        return distillation_loss(logits, soft_targets[rows].to(device), torch.from_numpy(targets[rows]).to(device),
-                                 settings.temperature, settings.soft_weight, settings.gold_weight)  # fmt: skip
+        out = model(**batch, output_hidden_states=settings.hidden_weight > 0)
+        loss = distillation_loss(out.logits, soft_targets[rows].to(device),
+                                 torch.from_numpy(targets[rows]).to(device), settings.temperature,
+                                 settings.soft_weight, settings.gold_weight)  # fmt: skip
+        if settings.hidden_weight > 0:
+            with torch.no_grad():
+                taught = teacher(**batch, output_hidden_states=True).hidden_states
+            loss = loss + settings.hidden_weight * hidden_state_loss(out.hidden_states, taught,
+                                                                     batch["attention_mask"])  # fmt: skip
+        return loss
 
     dev_scores = dev_scorer(tokenizer, dev, settings, device, precision) if dev is not None else None
 

@@ -226,6 +226,7 @@ class SequenceClassifierOutput:
 
     logits: Tensor  # (B, num_labels); for regression (num_labels == 1) the predicted value
     loss: Tensor | None = None  # cross-entropy (classes) or mean-squared error (regression), when labels given
+    hidden_states: tuple[Tensor, ...] | None = None  # L + 1 tensors (B, T, H), with output_hidden_states
 
 
 def mean_over_tokens(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -262,10 +263,11 @@ class BertForSequenceClassification(BertPreTrainedModel):
         token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
         class_weights: Tensor | None = None,
+        output_hidden_states: bool = False,
     ) -> SequenceClassifierOutput:
         """Args as :meth:`BertModel.forward`, plus (B,) ``labels`` (class ids, or floats for regression) and
         optional (num_labels,) ``class_weights`` that up-weight rare classes in the loss."""
-        out = self.bert(input_ids, attention_mask, token_type_ids)
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         if self.config.classifier_pooling == "mean":
             pooled = mean_over_tokens(out.last_hidden_state, attention_mask)  # (B, H)
         else:
@@ -277,7 +279,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
                 loss = F.mse_loss(logits.float().squeeze(-1), labels.float())
             else:
                 loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
-        return SequenceClassifierOutput(logits=logits, loss=loss)
+        return SequenceClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
 
 
 @dataclass

@@ -199,6 +199,9 @@ class DistillConfig(FinetuneConfig):
     temperature: float = 2.0  # softens both distributions in the soft-target loss (Hinton et al., 2015)
     soft_weight: float = 1.0  # weight of the T²-scaled KL to the teacher's distribution
     gold_weight: float = 0.0  # weight of cross-entropy on the gold labels (labelled rows only)
+    # weight of the mean squared error between the student's embeddings and layer outputs and those of the teacher
+    # layers they map to (TinyBERT); runs the teacher in every step; student and teacher must be equally wide
+    hidden_weight: float = 0.0
     epochs: float = 3.0  # passes over the training (+ unlabelled) inputs
     out: str = "runs/distill"  # run folder: best student model/, checkpoint, metrics.jsonl, curves.png, report.json
 
@@ -214,6 +217,8 @@ class DistillConfig(FinetuneConfig):
             raise BertforgeError(f"temperature must be above 0, got {self.temperature}")
         if self.soft_weight < 0 or self.gold_weight < 0 or self.soft_weight + self.gold_weight == 0:
             raise BertforgeError("soft_weight and gold_weight must be at least 0, and not both 0")
+        if self.hidden_weight < 0:
+            raise BertforgeError(f"hidden_weight must be at least 0, got {self.hidden_weight}")
 
 
 @dataclass
