@@ -4,10 +4,12 @@ Teacher: all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes with README's recipe (2 
 ``bertforge distill --student-layers N`` (the teacher's embeddings + N of its 6 layers, DistilBERT's init). The
 baseline: the same 2 layers taken from the pretrained (not fine-tuned) MiniLM and fine-tuned directly on the gold
 labels with the teacher's recipe, no teacher. For each model: test accuracy (``bertforge evaluate``), parameters,
-and ``bertforge predict`` wall-clock throughput on the 2,000 test+dev texts (fp32, bf16, and int8 with
-``--quantize int8``) with the child process's peak memory. Timings are comparable within one run only.
+and ``bertforge predict`` throughput on the 2,000 test+dev texts (fp32, bf16, and int8 with ``--quantize int8``):
+the whole command's wall clock, and the rate predict reports for its tokenizing and forward passes once the model
+is loaded; with the child process's peak memory. Timings are comparable within one run only.
 
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.distill [--out runs/bench-distill] [--layers 1,2,3]
+        [--distill-options "--epochs 6 --unlabeled FILE" --tag -aug]
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ RECIPE = ["--train", "rotten_tomatoes", "--epochs", "2", "--max-length", "64", "
 
 
 def bertforge(*arguments: str) -> tuple[str, float, float]:
-    """Run the CLI in a child process: its standard output, wall seconds and its own peak resident memory (MB)."""
+    """Run the CLI in a child process: its standard output and error (together), wall seconds and its own peak
+    resident memory (MB)."""
     started = time.perf_counter()
     # Output goes to files, not pipes: Popen.communicate would reap the child before os.wait4 could read its rusage.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -48,7 +51,7 @@ def bertforge(*arguments: str) -> tuple[str, float, float]:
         stdout, stderr = out.read(), err.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bertforge {' '.join(arguments)} failed:\n{stderr[-3000:]}")
-    return stdout, time.perf_counter() - started, usage.ru_maxrss / 1024
+    return stdout + stderr, time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
 def accuracy(model: Path) -> float:
@@ -56,11 +59,19 @@ def accuracy(model: Path) -> float:
     return float(re.search(r"accuracy (\d\.\d+)", out).group(1))
 
 
-def speed(model: Path, texts: Path, *options: str) -> tuple[float, float]:
-    """Texts per second of `bertforge predict` over ``texts`` (model loading included) and its peak memory."""
-    _, seconds, peak = bertforge("predict", "--model", str(model), "--input", str(texts), "--output", "/dev/null",
-                                 *options)  # fmt: skip
-    return len(texts.read_text().splitlines()) / seconds, peak
+def speed(model: Path, texts: Path, *options: str) -> tuple[float, float, float]:
+    """Texts per second of `bertforge predict` over ``texts``: the whole command (Python and model loading
+    included) and the rate predict reports for its own tokenizing and forward passes; and its peak memory."""
+    out, seconds, peak = bertforge("predict", "--model", str(model), "--input", str(texts), "--output", "/dev/null",
+                                   *options)  # fmt: skip
+    reported = float(re.search(r"predicted \d+ inputs in [\d.]+ s \((\d+) inputs/s\)", out).group(1))
+    return len(texts.read_text().splitlines()) / seconds, reported, peak
+
+
+def rate(measured: tuple[float, float, float], teacher: tuple[float, float, float]) -> str:
+    """A table cell: whole-command texts/s and its ratio to the teacher's fp32, then predict's own rate [and ratio]."""
+    return (f"{measured[0]:.0f} ({measured[0] / teacher[0]:.1f}×) "
+            f"[{measured[1]:.0f}, {measured[1] / teacher[1]:.1f}×]")  # fmt: skip
 
 
 def direct_student(out: Path, layers: int) -> Path:
@@ -78,6 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench-distill")
     parser.add_argument("--layers", default="1,2,3")
+    parser.add_argument("--distill-options", default="", help='more `bertforge distill` options for the students, '
+                        'e.g. "--epochs 6 --unlabeled FILE"; students go to OUT/student{N}{--tag}')  # fmt: skip
+    parser.add_argument("--tag", default="", help="suffix of the students' run folders, to keep variants apart")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,17 +105,19 @@ def main() -> None:
     if not (out / "teacher" / "model").is_dir():
         bertforge("finetune", "classification", "--model", "all-MiniLM-L6-v2", *RECIPE, "--out", str(out / "teacher"))
     for layers in map(int, args.layers.split(",")):
-        name = out / f"student{layers}"
+        name = out / f"student{layers}{args.tag}"
         if not (name / "model").is_dir():
             bertforge("distill", "--teacher", str(out / "teacher"), "--student-layers", str(layers), *RECIPE,
-                      "--out", str(name))  # fmt: skip
-        runs[f"distilled, {layers} layers"] = name
+                      *args.distill_options.split(), "--out", str(name))  # fmt: skip
+        runs[f"distilled, {layers} layers{' ' + args.distill_options if args.distill_options else ''}"] = name
     if not (out / "direct2" / "model").is_dir():
         start = direct_student(out / "direct2-start", 2)
         bertforge("finetune", "classification", "--model", str(start), *RECIPE, "--out", str(out / "direct2"))
     runs["direct, 2 layers (no teacher)"] = out / "direct2"
 
     print(f"{len(rows)} texts timed; other work may share the CPU: compare within this run only")
+    print("texts/s: the whole `bertforge predict` command (Python start and model loading included), then in")
+    print("brackets the rate predict reports for tokenizing and the forward passes alone; × = against the teacher")
     print(
         "| model | test acc | parameters | fp32 texts/s | bf16 texts/s | int8 texts/s | int8 acc | peak MB fp32/int8 |"
     )
@@ -110,17 +126,18 @@ def main() -> None:
     for label, run in runs.items():
         model = run / "model"
         parameters = count_parameters(BertForSequenceClassification.from_pretrained(model))
-        fp32, fp32_peak = speed(model, texts, "--precision", "fp32")
-        bf16, _ = speed(model, texts, "--precision", "bf16")
-        int8, int8_peak = speed(model, texts, "--quantize", "int8")
+        fp32 = speed(model, texts, "--precision", "fp32")
+        bf16 = speed(model, texts, "--precision", "bf16")
+        int8 = speed(model, texts, "--quantize", "int8")
         int8_acc = float(re.search(r"accuracy (\d\.\d+)", bertforge("evaluate", "--model", str(model), "--data",
                                                                     "rotten_tomatoes:test", "--quantize",
                                                                     "int8")[0]).group(1))  # fmt: skip
         teacher_speed = teacher_speed or fp32
+
         print(
-            f"| {label} | {accuracy(model):.4f} | {parameters / 1e6:.1f} M | {fp32:.0f} ({fp32 / teacher_speed:.1f}×)"
-            f" | {bf16:.0f} | {int8:.0f} ({int8 / teacher_speed:.1f}×) | {int8_acc:.4f} | {fp32_peak:.0f} / "
-            f"{int8_peak:.0f} |",
+            f"| {label} | {accuracy(model):.4f} | {parameters / 1e6:.1f} M | {rate(fp32, teacher_speed)} | "
+            f"{rate(bf16, teacher_speed)} | {rate(int8, teacher_speed)} | {int8_acc:.4f} | "
+            f"{fp32[2]:.0f} / {int8[2]:.0f} |",
             flush=True,
         )
         if (run / "report.json").is_file() and label.startswith("distilled"):

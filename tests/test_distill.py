@@ -3,6 +3,7 @@ the CLI (evaluate and predict load the student like any classifier) and its one-
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_hidden_state_loss_pairs_each_student_layer_with_the_teacher_layer_it_co
     assert hidden_state_loss(teacher, teacher, mask).item() == 0.0
 
 
-def test_distill_evaluate_predict_round_trip(workspace, tmp_path, capsys):
+def test_distill_evaluate_predict_round_trip(workspace, tmp_path, capsys, caplog):
     out = tmp_path / "student"
     assert main(distill_args(workspace, out, "--unlabeled", str(workspace / "unlabeled.txt"), "--gold-weight",
                              "0.5", "--hidden-weight", "0.5")) == 0  # fmt: skip
@@ -154,8 +155,14 @@ def test_distill_evaluate_predict_round_trip(workspace, tmp_path, capsys):
     rng = np.random.default_rng(1)
     texts.write_text(f"{review(rng, True)}\n{review(rng, False)}\n")
     predictions = tmp_path / "predictions.jsonl"
-    assert main(["predict", "--model", str(out / "model"), "--input", str(texts), "--output", str(predictions)]) == 0
+    with caplog.at_level("INFO", logger="bertforge"):
+        assert (
+            main(["predict", "--model", str(out / "model"), "--input", str(texts), "--output", str(predictions)]) == 0
+        )
     assert [json.loads(line)["label"] for line in predictions.read_text().splitlines()] == ["pos", "neg"]
+    assert re.search(
+        r"predicted 2 inputs in [\d.]+ s \(\d+ inputs/s\)", capsys.readouterr().err
+    )  # bench.distill reads it
 
 
 def test_teacher_that_is_not_a_classifier_is_refused(workspace, tmp_path, capsys):
