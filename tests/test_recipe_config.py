@@ -15,6 +15,27 @@ def test_file_then_overrides(tmp_path):
     assert config.dropout == 0.0 and config.resume is True and config.max_minutes is None
 
 
+def test_a_config_states_its_base_and_what_it_changes(tmp_path):
+    (tmp_path / "parent.yaml").write_text("data: shards\nmax_steps: 10\nlearning_rate: 1e-3\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nmax_steps: 20\n")  # relative to the child's folder
+    config = load_recipe_config(PretrainConfig, tmp_path / "child.yaml", ["--dropout", "0"])
+    assert (config.data, config.max_steps, config.learning_rate, config.dropout) == ("shards", 20, 1e-3, 0.0)
+    hour = load_recipe_config(PretrainConfig, "pretrain-cpu-60", ["--data", "shards"])  # a bundled base
+    quickstart = load_recipe_config(PretrainConfig, "pretrain-cpu", ["--data", "shards"])
+    assert (hour.model, hour.max_minutes, quickstart.max_minutes) == ("L4-H256", 60, 10)
+    assert hour.mlm_probability == quickstart.mlm_probability and hour.embedding_init == "ppmi"
+
+
+def test_configs_whose_bases_lead_back_are_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmax_steps: 1\n")
+    with pytest.raises(BertforgeError, match="base configs lead back to it"):
+        load_recipe_config(PretrainConfig, tmp_path / "a.yaml", ["--data", "x"])
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(BertforgeError, match=r"missing\.yaml: no such config file"):
+        load_recipe_config(PretrainConfig, tmp_path / "c.yaml", ["--data", "x"])
+
+
 def test_unknown_key_in_file_names_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: shards\nmax_steps: 10\nlearning_rat: 0.1\n")
@@ -37,7 +58,7 @@ def test_bad_override_values(overrides, message):
 
 
 def test_bundled_configs_load_and_help_lists_every_setting():
-    for name in ("pretrain-cpu", "pretrain-base-gpu"):
+    for name in ("pretrain-cpu", "pretrain-cpu-60", "pretrain-base-gpu"):
         assert bundled_config(name).is_file()
         load_recipe_config(PretrainConfig, name, ["--data", "shards"])
     text = describe_settings(PretrainConfig)

@@ -38,9 +38,7 @@ def load_recipe_config(cls: type[ConfigT], path: str | Path | None, overrides: S
     """
     values: dict[str, Any] = {}
     if path is not None:
-        if not Path(path).exists() and bundled_config(str(path)).is_file():
-            path = bundled_config(str(path))
-        values.update(_read_file(Path(path), cls))
+        values.update(_read_file(_config_path(str(path), Path()), cls))
     values.update(parse_overrides(overrides, cls))
     try:
         return cls(**values)
@@ -48,9 +46,22 @@ def load_recipe_config(cls: type[ConfigT], path: str | Path | None, overrides: S
         raise BertforgeError(f"{cls.__name__}: {error}") from None
 
 
-def _read_file(path: Path, cls: type) -> dict[str, Any]:
+def _config_path(name: str, folder: Path) -> Path:
+    """A config file by path (relative to ``folder``) or, where no such file exists, a bundled config's name."""
+    path = folder / name
+    if not path.exists() and bundled_config(name).is_file():
+        return bundled_config(name)
+    return path
+
+
+def _read_file(path: Path, cls: type, reading: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The settings in ``path``; a ``base:`` key names a config (bundled, or a path relative to this file) whose
+    settings come first and are overridden by this file's, so a variant states only what it changes."""
     if not path.is_file():
         raise BertforgeError(f"{path}: no such config file")
+    if path.resolve() in reading:
+        chain = " → ".join(str(p) for p in (*reading, path.resolve()))
+        raise BertforgeError(f"{path}: its base configs lead back to it ({chain}); remove one of the base: keys")
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -62,6 +73,10 @@ def _read_file(path: Path, cls: type) -> dict[str, Any]:
         raise BertforgeError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
     fields = _fields(cls)
     result = {}
+    if "base" in data:
+        if not isinstance(data["base"], str):
+            raise BertforgeError(f"{path}: base: expected a config name or path, got {data['base']!r}")
+        result.update(_read_file(_config_path(data.pop("base"), path.parent), cls, (*reading, path.resolve())))
     for key, value in data.items():
         if key not in fields:
             raise BertforgeError(f"{path}: unknown setting {key!r}; known settings: {', '.join(sorted(fields))}")
