@@ -12,6 +12,7 @@ import transformers
 
 from bertforge import BertConfig, BertModel
 from bertforge.cli import main
+from bertforge.data.sentences import split_sentences
 
 TEXTS = ["A delightful film.", "", "Das ist ein Test mit Umlauten: äöü.", "两个中文句子。", "Terrible, boring, long."]
 
@@ -128,3 +129,10 @@ def test_data_text_writes_imdb_training_reviews_and_keeps_dev_and_test_unseen(tm
     assert documents == train and len(documents) > 19_900  # one document per training review
     for split in ("dev", "test"):
         assert not (texts(split) - train) & documents
+
+    sentences = tmp_path / "sentences.txt"
+    assert main(["data", "text", "--dataset", "imdb", "--out", str(sentences), "--sentences"]) == 0
+    lines = sentences.read_text(encoding="utf-8").splitlines()
+    assert all(line.strip() for line in lines) and len(lines) > 10 * len(train)  # no blank lines; ~12 a review
+    first = sorted(train)[0]
+    assert " ".join(split_sentences(first)) in " ".join(lines)  # every sentence, in order

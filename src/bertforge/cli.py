@@ -159,9 +159,12 @@ def data_prepare(
     )
 
 
-def data_text(dataset: str, out: str, split: str = "train", sentences_per_document: int = 10) -> None:
+def data_text(
+    dataset: str, out: str, split: str = "train", sentences_per_document: int = 10, sentences: bool = False
+) -> None:
     """Write a catalogue data set's texts as a plain-text pretraining corpus (BERT format: a blank line between
-    documents).
+    documents), or with --sentences one sentence a line and no blank lines (unlabelled text for `distill
+    --unlabeled`).
 
     imdb: one review per document (domain text for movie-review tasks, as in Gururangan et al. 2020, "Don't Stop
     Pretraining"). msra_ner: Chinese news sentences with no article boundaries, so every --sentences-per-document
@@ -171,9 +174,15 @@ def data_text(dataset: str, out: str, split: str = "train", sentences_per_docume
     example: bertforge data text --dataset imdb --out corpus/imdb.txt
     """
     from bertforge.data.catalogue import corpus_documents
+    from bertforge.data.sentences import split_sentences
 
     documents = corpus_documents(dataset, split, sentences_per_document)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if sentences:
+        lines = [s for document in documents for line in document.splitlines() for s in split_sentences(line)]
+        Path(out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        log.info("wrote %d sentences of %s's %s split to %s", len(lines), dataset, split, out)
+        return
     Path(out).write_text("\n\n".join(documents) + "\n", encoding="utf-8")
     log.info("wrote %d documents of %s's %s split to %s", len(documents), dataset, split, out)
 
@@ -605,6 +614,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("out", "text file to write"),
             Option("split", "which split's texts", choices=("train", "dev", "test")),
             Option("sentences_per_document", "msra_ner: consecutive sentences that make one document"),
+            Option("sentences", "one sentence a line, no documents (unlabelled text for distill --unlabeled)"),
         ],
     ),
     "pretrain": (
