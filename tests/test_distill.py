@@ -130,6 +130,11 @@ def test_hidden_state_loss_pairs_each_student_layer_with_the_teacher_layer_it_co
     expected = ((1 - 0) ** 2 + (1 - 3) ** 2 + (4 - 6) ** 2) / 3
     assert hidden_state_loss(student, teacher, mask).item() == pytest.approx(expected, rel=1e-6)
     assert hidden_state_loss(teacher, teacher, mask).item() == 0.0
+    # Two inputs of different lengths: each input's mean over its own tokens, then the mean over inputs.
+    two_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    wrong = tuple(torch.tensor([[0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])[:, :, None].expand(2, 3, 4) for _ in range(3))
+    right = tuple(torch.zeros(2, 3, 4) for _ in range(7))
+    assert hidden_state_loss(wrong, right, two_mask).item() == pytest.approx((9 / 3 + 1 / 1) / 2, rel=1e-6)
 
 
 def test_distill_evaluate_predict_round_trip(workspace, tmp_path, capsys, caplog):

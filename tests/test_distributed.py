@@ -25,6 +25,7 @@ from bertforge.data.examples import split_batch
 from bertforge.data.shard_reader import ShardedCorpus
 from bertforge.distributed import Processes, micro_batches_per_step, my_share
 from bertforge.errors import BertforgeError
+from bertforge.heads import BertForSequenceClassification
 from bertforge.model import BertModel
 from bertforge.pretrain import make_examples
 from bertforge.settings import PretrainConfig
@@ -273,6 +274,29 @@ def test_fine_tuning_with_two_processes_equals_one_with_or_without_accumulation(
     assert [r["epoch"] for r in records if r["split"] == "valid"] == [1, 2]
     assert result.stdout.count("epoch 1: dev") == 1  # reported by the main process alone
     assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
+
+
+def test_distillation_with_two_processes_equals_one_with_or_without_accumulation(fine_tuning, tmp_path):
+    # The teacher: the fixture's encoder with a fresh 2-class head (untrained is enough: it has logits to match).
+    torch.manual_seed(1)
+    teacher = BertForSequenceClassification.from_pretrained(fine_tuning / "encoder", id2label={0: "neg", 1: "pos"},
+                                                            label2id={"neg": 0, "pos": 1})  # fmt: skip
+    teacher.save_pretrained(tmp_path / "teacher")
+    BertTokenizer.from_pretrained(fine_tuning / "encoder").save_pretrained(tmp_path / "teacher")
+    data = str(fine_tuning / "classification.csv")
+    # hidden-weight runs the teacher beside the DDP-wrapped student in every step
+    arguments = ["distill", "--teacher", str(tmp_path / "teacher"), "--train", data, "--dev", data, "--student-layers",
+                 "1", "--epochs", "2", "--max-steps", "4", "--batch-size", "8", "--max-length", "48",
+                 "--learning-rate", "1e-3", "--log-every", "1", "--progress", "false", "--precision", "fp32",
+                 "--gold-weight", "0.5", "--hidden-weight", "1"]  # fmt: skip
+    trained(launch(2, *arguments, "--out", str(tmp_path / "two")))
+    assert main([*arguments, "--out", str(tmp_path / "one")]) == 0
+    assert main([*arguments, "--out", str(tmp_path / "accumulating"), "--gradient-accumulation-steps", "2"]) == 0
+    expected = losses(tmp_path / "one")
+    assert len(expected) == 4
+    for run in ("two", "accumulating"):
+        assert losses(tmp_path / run) == pytest.approx(expected, rel=1e-6), run
+        assert_same_weights(last_checkpoint(tmp_path / run), last_checkpoint(tmp_path / "one"))
 
 
 def test_fine_tuning_killed_after_step_2_resumes_with_one_process(fine_tuning, tmp_path):

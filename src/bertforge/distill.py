@@ -107,14 +107,19 @@ def hidden_state_loss(
     TinyBERT (Jiao et al., 2020, eqs. 7 and 9) without its projection, as both are equally wide: the embeddings
     match the teacher's embeddings, and student layer i the teacher layer :func:`kept_layers` copied into it
     (the same spacing for a student not made from the teacher). ``student_hidden`` holds S + 1 and
-    ``teacher_hidden`` L + 1 tensors (B, T, H); (B, T) ``attention_mask`` marks the real tokens.
+    ``teacher_hidden`` L + 1 tensors (B, T, H); (B, T) ``attention_mask`` marks the real tokens. Each input's error
+    is a mean over its own tokens, and the batch's the mean over inputs: every input weighs the same, as in the
+    soft-target loss, so micro-batches and processes add up to the whole batch's loss.
     """
     layers = kept_layers(len(teacher_hidden) - 1, len(student_hidden) - 1)
     pairs = [(student_hidden[0], teacher_hidden[0])]
     pairs += [(student_hidden[i + 1], teacher_hidden[layer + 1]) for i, layer in enumerate(layers)]
-    real = attention_mask.bool()  # (B, T)
-    errors = [F.mse_loss(student[real].float(), teacher[real].float()) for student, teacher in pairs]
-    return torch.stack(errors).mean()
+    real = attention_mask.float()  # (B, T)
+    per_input = 0.0
+    for student, teacher in pairs:
+        squared = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # (B, T)
+        per_input = per_input + (squared * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)  # (B,)
+    return (per_input / len(pairs)).mean()
 
 
 def check_teacher(model_dir: Path) -> BertConfig:
