@@ -233,3 +233,37 @@ def test_bad_predict_input_for_a_tagger_is_one_located_line(random_tagger, tmp_p
     assert main(["predict", "--model", str(random_tagger), "--input", str(tmp_path / name)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bertforge: error: ") and message in err[0], err
+
+
+def test_a_tagger_distils_into_one_layer_that_evaluate_and_predict_run(ner_workspace, tmp_path, capsys):
+    train, dev = str(ner_workspace / "train.conll"), str(ner_workspace / "dev.conll")
+    common = ["--train", train, "--dev", dev, "--test", dev, "--epochs", "12", "--batch-size", "16",
+              "--learning-rate", "2e-3", "--max-length", "32", "--window-stride", "8", "--progress", "false",
+              "--precision", "fp32"]  # fmt: skip
+    assert main(["finetune", "ner", "--model", str(ner_workspace / "encoder"), "--out", str(tmp_path / "teacher"),
+                 *common]) == 0  # fmt: skip
+    student = tmp_path / "student"
+    # the teacher named by its run folder, as for classifiers; hidden states need the teacher in every step
+    assert main(["distill", "--teacher", str(tmp_path / "teacher"), "--student-layers", "1", "--gold-weight", "0.5",
+                 "--hidden-weight", "0.5", "--out", str(student), *common]) == 0  # fmt: skip
+    report = json.loads((student / "report.json").read_text())
+    assert report["teacher"]["test"]["f1"] > 0.8, report["teacher"]
+    assert report["student"]["test"]["f1"] > 0.7, report["student"]  # one layer still finds names and places
+    assert (report["teacher"]["layers"], report["student"]["layers"]) == (2, 1)
+    assert report["student"]["inputs_per_second"] > 0 and "f1" in report["student"]["int8_test"]
+    teacher_config = json.loads((tmp_path / "teacher" / "model" / "config.json").read_text())
+    student_config = json.loads((student / "model" / "config.json").read_text())
+    assert student_config["id2label"] == teacher_config["id2label"]
+    assert student_config["architectures"] == ["BertForTokenClassification"]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(student / "model"), "--data", dev]) == 0
+    assert f"entity F1 {report['student']['test']['f1']:.4f}" in capsys.readouterr().out
+
+    # Refused in one line before training: tags the teacher does not have, and unlabelled text
+    other = tmp_path / "other.conll"
+    other.write_text("anna B-ORG\nsmith I-ORG\n", encoding="utf-8")
+    distil = ["distill", "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "bad")]
+    assert main([*distil, "--train", str(other)]) == 2
+    assert "are not among the teacher's" in capsys.readouterr().err
+    assert main([*distil, "--train", train, "--unlabeled", dev]) == 2
+    assert "--unlabeled is for classifiers" in capsys.readouterr().err

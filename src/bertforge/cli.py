@@ -241,21 +241,30 @@ def finetune_classification(config: str | None = None, settings: Sequence[str] =
 
 
 def distill(config: str | None = None, settings: Sequence[str] = ()) -> None:
-    """Distil a fine-tuned classifier (the teacher) into a smaller, faster one (the student).
+    """Distil a fine-tuned classifier or tagger (the teacher) into a smaller, faster one (the student).
 
     The student is by default the teacher's embeddings and --student-layers of its layers, every k-th
     (DistilBERT), or --student MODEL with the same tokenizer. It learns the teacher's softened predictions
-    (--temperature, --soft-weight) and optionally the gold labels (--gold-weight), on --train and on unlabelled
-    text (--unlabeled FILE, one text a line). OUT/model holds the best student by the dev metric; report.json
-    compares teacher and student: test scores, parameters and inputs per second (fp32 and int8).
+    (--temperature, --soft-weight; a tagger's per labelled token), optionally the gold labels (--gold-weight) and
+    the teacher's hidden states (--hidden-weight), on --train and, for classifiers, on unlabelled text
+    (--unlabeled FILE, one text a line). A tagger teacher takes `finetune ner`'s data settings (--token-column,
+    --tag-column, --label-all-pieces, --window-stride) instead of the classification ones listed below. OUT/model
+    holds the best student by the dev metric; report.json compares teacher and student: test scores, parameters
+    and inputs per second (fp32 and int8).
 
     example: bertforge distill --teacher runs/rt --train rotten_tomatoes --student-layers 2 --out runs/rt-2
     """
-    from bertforge.distill import distill_classification
-    from bertforge.recipe_config import load_recipe_config
-    from bertforge.settings import DistillConfig
+    from bertforge.distill import distill_classification, distill_tagger
+    from bertforge.recipe_config import load_recipe_config, peek_setting
+    from bertforge.settings import DistillConfig, DistillTaggerConfig
 
-    distill_classification(load_recipe_config(DistillConfig, config, settings))
+    teacher = peek_setting("teacher", config, settings)
+    if teacher and (Path(teacher) / "model" / "config.json").is_file():  # a run folder: its best model
+        teacher = str(Path(teacher) / "model")
+    if teacher and model_architecture(teacher) == "BertForTokenClassification":
+        distill_tagger(load_recipe_config(DistillTaggerConfig, config, settings))
+    else:  # a classifier, or no teacher: the classification settings then say what is missing
+        distill_classification(load_recipe_config(DistillConfig, config, settings))
 
 
 def finetune_ner(config: str | None = None, settings: Sequence[str] = ()) -> None:

@@ -1,9 +1,10 @@
-"""Task distillation: a small student classifier trained on a fine-tuned teacher's softened predictions.
+"""Task distillation: a small student classifier (or tagger) trained on a fine-tuned teacher's softened predictions.
 
 The student starts from the teacher itself — its embeddings and every k-th encoder layer — as DistilBERT does
 (Sanh et al., 2019), so it begins close to the teacher's function instead of from random weights. The soft-target
 loss is Hinton et al. (2015): KL divergence between the teacher's and the student's distributions at temperature
-T, multiplied by T² so that its gradients keep the same scale as the gold-label loss when T changes.
+T, multiplied by T² so that its gradients keep the same scale as the gold-label loss when T changes. A tagger's
+student learns it per labelled token (the first piece of each word), as its fine-tuning loss is.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertforge.assets import resolve_model_dir
+from bertforge.assets import model_architecture, resolve_model_dir
 from bertforge.checkpoint import read_weights
 from bertforge.classify import encode_texts
 from bertforge.config import BertConfig
@@ -29,17 +31,22 @@ from bertforge.data.classification import ClassificationFile
 from bertforge.distributed import join_processes, leave_processes, wrap_model
 from bertforge.errors import BertforgeError, read_user_text
 from bertforge.finetune import dev_scorer, encode_file, evaluate_model, print_report, read_split, report_skipped
+from bertforge.finetune_ner import evaluate_tagger, print_tagger_test, read_tagging_splits, tagger_dev_scorer
 from bertforge.finetuning import planned_steps, start_run, train_epochs
-from bertforge.heads import BertForSequenceClassification
+from bertforge.heads import IGNORE_INDEX, BertForSequenceClassification, BertForTokenClassification
 from bertforge.inference import EncodedInputs, collate, forward_batches
 from bertforge.model import BertModel
+from bertforge.ner import encode_sentences, window_labels
 from bertforge.quantize import quantize_encoder
 from bertforge.runtime import pick_precision
-from bertforge.settings import DistillConfig
+from bertforge.settings import DistillationSettings, DistillConfig, DistillTaggerConfig
 from bertforge.tokenizer import BertTokenizer
 from bertforge.train import build_optimizer, checkpoint_to_resume, plot_metrics, seed_everything, with_learning_rate
 
 log = logging.getLogger("bertforge")
+Head = TypeVar("Head", BertForSequenceClassification, BertForTokenClassification)
+HEADS = {"BertForSequenceClassification": BertForSequenceClassification,
+         "BertForTokenClassification": BertForTokenClassification}  # fmt: skip
 
 
 def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -55,8 +62,8 @@ def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
     return [round(step * (i + 1)) - 1 for i in range(student_layers)]
 
 
-def student_from_teacher(teacher: BertForSequenceClassification, student_layers: int) -> BertForSequenceClassification:
-    """A copy of ``teacher`` keeping its embeddings, pooler, classifier and the layers :func:`kept_layers` picks."""
+def student_from_teacher(teacher: Head, student_layers: int) -> Head:
+    """A copy of ``teacher`` keeping its embeddings, pooler, head and the layers :func:`kept_layers` picks."""
     layers = kept_layers(teacher.config.num_hidden_layers, student_layers)
     student = copy.deepcopy(teacher)
     student.config = copy.deepcopy(teacher.config)
@@ -100,36 +107,44 @@ def distillation_loss(
 
 
 def hidden_state_loss(
-    student_hidden: tuple[Tensor, ...], teacher_hidden: tuple[Tensor, ...], attention_mask: Tensor
+    student_hidden: tuple[Tensor, ...], teacher_hidden: tuple[Tensor, ...], mask: Tensor, per_input: bool = True
 ) -> Tensor:
     """Mean squared error between the student's hidden states and the teacher's they map to, over real tokens.
 
     TinyBERT (Jiao et al., 2020, eqs. 7 and 9) without its projection, as both are equally wide: the embeddings
     match the teacher's embeddings, and student layer i the teacher layer :func:`kept_layers` copied into it
     (the same spacing for a student not made from the teacher). ``student_hidden`` holds S + 1 and
-    ``teacher_hidden`` L + 1 tensors (B, T, H); (B, T) ``attention_mask`` marks the real tokens. Each input's error
-    is a mean over its own tokens, and the batch's the mean over inputs: every input weighs the same, as in the
-    soft-target loss, so micro-batches and processes add up to the whole batch's loss.
+    ``teacher_hidden`` L + 1 tensors (B, T, H); (B, T) ``mask`` marks the tokens that count. ``per_input``: each
+    input's error is a mean over its own tokens, and the batch's the mean over inputs, so every input weighs the
+    same, as in a classifier's soft-target loss; otherwise the mean over all the batch's counted tokens, as in a
+    tagger's. Either way micro-batches and processes add up to the whole batch's loss.
     """
     layers = kept_layers(len(teacher_hidden) - 1, len(student_hidden) - 1)
     pairs = [(student_hidden[0], teacher_hidden[0])]
     pairs += [(student_hidden[i + 1], teacher_hidden[layer + 1]) for i, layer in enumerate(layers)]
-    real = attention_mask.float()  # (B, T)
-    per_input = 0.0
-    for student, teacher in pairs:
-        squared = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # (B, T)
-        per_input = per_input + (squared * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)  # (B,)
-    return (per_input / len(pairs)).mean()
+    weights = mask.float()  # (B, T)
+    if per_input:
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1) / len(weights)
+    else:
+        weights = weights / weights.sum().clamp(min=1)
+    squared = [(student.float() - teacher.float()).pow(2).mean(dim=-1) for student, teacher in pairs]  # (B, T) each
+    return (torch.stack(squared).mean(dim=0) * weights).sum()
 
 
-def check_teacher(model_dir: Path) -> BertConfig:
-    """The teacher's config, after checking that it is a trained classifier: a head and a label set."""
+def check_teacher(model_dir: Path, head: type) -> BertConfig:
+    """The teacher's config, after checking that it is a trained ``head``: its head weights and a label set."""
     config = BertConfig.load(model_dir)
-    if "classifier.weight" not in read_weights(model_dir) or not config.id2label:
+    if (
+        model_architecture(model_dir) not in HEADS
+        or "classifier.weight" not in read_weights(model_dir)
+        or not (config.id2label)
+    ):
         raise BertforgeError(
-            f"{model_dir}: the teacher is not a classifier (no classifier head or labels); "
-            "pass a model from `bertforge finetune classification`"
+            f"{model_dir}: the teacher is not a classifier or tagger (no classifier head or labels); "
+            "pass a model from `bertforge finetune classification` or `bertforge finetune ner`"
         )
+    if model_architecture(model_dir) != head.__name__:
+        raise BertforgeError(f"{model_dir}: the teacher is a {model_architecture(model_dir)}, not a {head.__name__}")
     return config
 
 
@@ -143,9 +158,7 @@ def check_labels(data: ClassificationFile, teacher_labels: list[str]) -> None:
         )
 
 
-def build_student(
-    settings: DistillConfig, teacher: BertForSequenceClassification, tokenizer: BertTokenizer
-) -> BertForSequenceClassification:
+def build_student(settings: DistillationSettings, teacher: Head, tokenizer: BertTokenizer) -> Head:
     """The student: ``settings.student`` with a new head for the teacher's labels, else the teacher's layers."""
     if settings.student is None:
         return student_from_teacher(teacher, settings.student_layers)
@@ -168,9 +181,59 @@ def build_student(
             f"({teacher.config.hidden_size}) and there is no projection between them; choose a narrower student"
         )
     labels = {"id2label": teacher.config.id2label, "label2id": teacher.config.label2id}
-    student = BertForSequenceClassification(dataclasses.replace(encoder.config, **labels))
+    student = type(teacher)(dataclasses.replace(encoder.config, **labels))
     student.bert.load_state_dict(encoder.state_dict(), strict=encoder.pooler is not None)
     return student
+
+
+def teacher_and_student(
+    settings: DistillationSettings,
+    head: type[Head],
+    teacher_dir: Path,
+    tokenizer: BertTokenizer,
+    device: torch.device,
+) -> tuple[Head, Head, Path | None, torch.optim.Optimizer, float]:
+    """The frozen teacher, the student (a checkpoint's on --resume), the checkpoint, the student's optimizer and its
+    learning rate (the width rule's unless given)."""
+    teacher = head.from_pretrained(teacher_dir).to(device).eval()
+    checkpoint = checkpoint_to_resume(Path(settings.out), settings.resume)
+    student = build_student(settings, teacher, tokenizer)  # also on --resume: its checks are the same
+    if checkpoint is not None:
+        student = head.from_pretrained(checkpoint)
+    student.to(device).train()
+    learning_rate = with_learning_rate(settings, student.config.hidden_size).learning_rate
+    return teacher, student, checkpoint, build_optimizer(student, learning_rate, settings.weight_decay), learning_rate
+
+
+def write_report(
+    run_dir: Path,
+    report: dict[str, Any],
+    teacher: nn.Module,
+    best: nn.Module,
+    test_scores: Callable[[nn.Module, str, str], dict[str, Any]] | None,
+    precision: str,
+    timed: EncodedInputs | None,
+    pad_id: int,
+    batch_size: int,
+) -> None:
+    """Teacher and best student side by side in ``run_dir/report.json``: layers, parameters, test scores
+    (``test_scores(model, name, precision)``: the run's precision, fp32 for int8), and inputs per second of
+    ``timed`` (None: not timed), fp32 and the student in int8, measured one after the other in this process."""
+    for name, trained in (("teacher", teacher), ("student", best)):
+        report[name] = {"layers": trained.config.num_hidden_layers, "parameters": count_parameters(trained)}
+        if test_scores is not None:
+            report[name]["test"] = test_scores(trained, name, precision)
+    if timed is not None:
+        report["teacher"]["inputs_per_second"] = throughput(teacher, timed, pad_id, batch_size)
+        report["student"]["inputs_per_second"] = throughput(best, timed, pad_id, batch_size)
+        int8 = quantize_encoder(type(best).from_pretrained(run_dir / "model"))
+        report["student"]["int8_inputs_per_second"] = throughput(int8, timed, pad_id, batch_size)
+        if test_scores is not None:
+            report["student"]["int8_test"] = test_scores(int8, "student in int8", "fp32")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_metrics(run_dir)
+    log.info("best student (epoch %s) saved to %s; report in %s", report["best_epoch"], run_dir / "model",
+             run_dir / "report.json")  # fmt: skip
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -205,7 +268,7 @@ def distill_classification(settings: DistillConfig) -> Path:
     seed_everything(settings.seed + processes.rank)
     precision = pick_precision(settings.precision, device)
     teacher_dir = resolve_model_dir(settings.model)
-    teacher_config = check_teacher(teacher_dir)
+    teacher_config = check_teacher(teacher_dir, BertForSequenceClassification)
     names = [teacher_config.id2label[i] for i in sorted(teacher_config.id2label)]
     tokenizer = BertTokenizer.from_pretrained(teacher_dir)
     check_labels(read_split(settings, "train", None), names)
@@ -213,14 +276,10 @@ def distill_classification(settings: DistillConfig) -> Path:
     for data in (train, dev, test):
         if data is not None:
             report_skipped(data)
-    teacher = BertForSequenceClassification.from_pretrained(teacher_dir).to(device).eval()
-    checkpoint = checkpoint_to_resume(run_dir, settings.resume)
-    student = build_student(settings, teacher, tokenizer)  # also on --resume: its checks are the same
-    if checkpoint is not None:
-        student = BertForSequenceClassification.from_pretrained(checkpoint)
-    student.to(device).train()
-    settings = with_learning_rate(settings, student.config.hidden_size)
-    optimizer = build_optimizer(student, settings.learning_rate, settings.weight_decay)
+    teacher, student, checkpoint, optimizer, learning_rate = teacher_and_student(
+        settings, BertForSequenceClassification, teacher_dir, tokenizer, device
+    )
+    settings = dataclasses.replace(settings, learning_rate=learning_rate)
 
     # Inputs: the labelled training texts, then any unlabelled ones (label -1: the soft-target loss only).
     inputs = encode_file(tokenizer, train, settings)
@@ -268,22 +327,104 @@ def distill_classification(settings: DistillConfig) -> Path:
     # ---- teacher and best student side by side: test scores, sizes, speed ----
     if processes.is_main:
         best = BertForSequenceClassification.from_pretrained(run_dir / "model").to(device)
-        report: dict[str, Any] = {"best_epoch": state["best_epoch"], f"dev_{settings.metric}": state["best"]}
-        for name, trained in (("teacher", teacher), ("student", best)):
-            report[name] = {"layers": trained.config.num_hidden_layers, "parameters": count_parameters(trained)}
-            if test is not None:
-                report[name]["test"] = evaluate_model(trained, tokenizer, test, settings, device, precision)
-                print_report(report[name]["test"], names, False, title=f"{name} test ({test.path})")
-        if test is not None and device.type == "cpu":  # measured in this run, one after the other, fp32 and int8
-            timed, pad, size = encode_file(tokenizer, test, settings), tokenizer.pad_token_id, settings.eval_batch_size
-            report["teacher"]["inputs_per_second"] = throughput(teacher, timed, pad, size)
-            report["student"]["inputs_per_second"] = throughput(best, timed, pad, size)
-            int8 = quantize_encoder(BertForSequenceClassification.from_pretrained(run_dir / "model"))
-            report["student"]["int8_inputs_per_second"] = throughput(int8, timed, pad, size)
-            report["student"]["int8_test"] = evaluate_model(int8, tokenizer, test, settings, device, "fp32")
-        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_metrics(run_dir)
-        log.info("best student (epoch %s) saved to %s; report in %s", state["best_epoch"], run_dir / "model",
-                 run_dir / "report.json")  # fmt: skip
+
+        def test_scores(trained: nn.Module, name: str, precision: str) -> dict[str, Any]:
+            scores = evaluate_model(trained, tokenizer, test, settings, device, precision)
+            print_report(scores, names, False, title=f"{name} test ({test.path})")
+            return scores
+
+        timed = encode_file(tokenizer, test, settings) if test is not None and device.type == "cpu" else None
+        write_report(run_dir, {"best_epoch": state["best_epoch"], f"dev_{settings.metric}": state["best"]}, teacher,
+                     best, test_scores if test is not None else None, precision, timed, tokenizer.pad_token_id,
+                     settings.eval_batch_size)  # fmt: skip
+    leave_processes()
+    return run_dir / "model"
+
+
+def distill_tagger(settings: DistillTaggerConfig) -> Path:
+    """Distil a tagger: the soft-target loss per labelled token (the word pieces its fine-tuning loss reads);
+    return the folder of the best student (a tagger like any other)."""
+    # ---- setup: every check before any training ----
+    run_dir = Path(settings.out)
+    processes, device = join_processes(settings.device)
+    seed_everything(settings.seed + processes.rank)
+    precision = pick_precision(settings.precision, device)
+    teacher_dir = resolve_model_dir(settings.model)
+    teacher_config = check_teacher(teacher_dir, BertForTokenClassification)
+    labels = [teacher_config.id2label[i] for i in sorted(teacher_config.id2label)]
+    tokenizer = BertTokenizer.from_pretrained(teacher_dir)
+    train, dev, test, scheme = read_tagging_splits(settings)
+    unknown = {tag for sentences in (train, dev or [], test or []) for s in sentences for tag in s.tags} - set(labels)
+    if unknown:
+        raise BertforgeError(
+            f"{settings.train}: tags {sorted(unknown)} are not among the teacher's {labels}; distil on data of the "
+            "teacher's task"
+        )
+    teacher, student, checkpoint, optimizer, learning_rate = teacher_and_student(
+        settings, BertForTokenClassification, teacher_dir, tokenizer, device
+    )
+    settings = dataclasses.replace(settings, learning_rate=learning_rate)
+
+    encoded = encode_sentences(tokenizer, [s.tokens for s in train], settings.max_length, settings.window_stride)
+    targets = window_labels(encoded, [[labels.index(t) for t in s.tags] for s in train], settings.label_all_pieces)
+    labelled = np.asarray([int((window != IGNORE_INDEX).sum()) for window in targets])  # (windows,) the loss's tokens
+    # Computed once, as for classifiers: (T, C) per window, its own length.
+    teacher_logits = forward_batches(teacher, encoded.inputs, lambda out, batch: out.logits,
+                                     pad_id=tokenizer.pad_token_id, per_token=True,
+                                     batch_size=settings.eval_batch_size, device=device,
+                                     progress="teacher logits" if settings.progress else None)  # fmt: skip
+    total_steps = planned_steps(settings, len(encoded.inputs))
+    state, metrics = start_run(settings, checkpoint, optimizer, processes)
+    model = wrap_model(student, processes, device)
+    log.info("distilling %s (%d parameters) into a %d-layer student (%d parameters) on %d sentences (%d windows, "
+             "%s tags); %d steps", teacher_dir, count_parameters(teacher), student.config.num_hidden_layers,
+             count_parameters(student), len(train), len(encoded.inputs), scheme, total_steps)  # fmt: skip
+
+    def loss_of(rows: np.ndarray) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in collate(encoded.inputs, rows, tokenizer.pad_token_id).items()}
+        width = batch["input_ids"].shape[1]
+        gold = torch.as_tensor(
+            np.stack([np.pad(targets[r], (0, width - len(targets[r])), constant_values=IGNORE_INDEX) for r in rows]),
+            device=device,
+        )  # (B, T)
+        # (B, T, C) teacher logits, zero rows at padding (never read: not counted)
+        soft = torch.as_tensor(np.stack([np.pad(teacher_logits[r], ((0, width - len(teacher_logits[r])), (0, 0)))
+                                         for r in rows]), device=device)  # fmt: skip
+        counted = gold != IGNORE_INDEX  # (B, T): the tokens the loss reads, a mean over them as in fine-tuning
+        out = model(**batch, output_hidden_states=settings.hidden_weight > 0)
+        if not bool(counted.any()):  # no word starts in these windows: nothing to learn, and no 0/0
+            return out.logits.sum() * 0.0
+        loss = distillation_loss(out.logits[counted], soft[counted], gold[counted], settings.temperature,
+                                 settings.soft_weight, settings.gold_weight)  # fmt: skip
+        if settings.hidden_weight > 0:
+            with torch.no_grad():
+                taught = teacher(**batch, output_hidden_states=True).hidden_states
+            loss = loss + settings.hidden_weight * hidden_state_loss(out.hidden_states, taught, counted,
+                                                                     per_input=False)  # fmt: skip
+        return loss
+
+    # ---- loop ----
+    train_epochs(state, settings=settings, model=model, optimizer=optimizer,
+                 lengths=[len(ids) for ids in encoded.inputs.input_ids], counts=labelled, loss_of=loss_of,
+                 evaluate=tagger_dev_scorer(tokenizer, dev, settings, device, precision) if dev else None,
+                 metric="entity F1", total_steps=total_steps, tokenizer=tokenizer, run_dir=run_dir, metrics=metrics,
+                 processes=processes, precision=precision, device=device, description="distilling")  # fmt: skip
+
+    # ---- teacher and best student side by side: test scores, sizes, speed ----
+    if processes.is_main:
+        best = BertForTokenClassification.from_pretrained(run_dir / "model").to(device)
+
+        def test_scores(trained: nn.Module, name: str, precision: str) -> dict[str, Any]:
+            scores = evaluate_tagger(trained, tokenizer, test, settings, device, precision)
+            print_tagger_test(scores, title=f"{name} test")
+            return scores
+
+        timed = None
+        if test and device.type == "cpu":
+            timed = encode_sentences(tokenizer, [s.tokens for s in test], settings.max_length,
+                                     settings.window_stride).inputs  # fmt: skip
+        write_report(run_dir, {"best_epoch": state["best_epoch"], "dev_entity_f1": state["best"]}, teacher, best,
+                     test_scores if test else None, precision, timed, tokenizer.pad_token_id,
+                     settings.eval_batch_size)  # fmt: skip
     leave_processes()
     return run_dir / "model"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,42 @@ def read_bio(name: str, split: str, settings: NerConfig, scheme: str | None) -> 
     return [dataclasses.replace(s, tags=to_bio(s.tags, scheme)) for s in sentences], scheme
 
 
+def read_tagging_splits(
+    settings: NerConfig,
+) -> tuple[list[TaggedSentence], list[TaggedSentence] | None, list[TaggedSentence] | None, str]:
+    """The train, dev and test sentences (BIO tags; dev and test None where not given) and the files' scheme."""
+    train, scheme = read_bio(settings.train, "train", settings, None)
+    named = settings.train == "msra_ner"  # a recipe name brings its own dev and test splits
+    dev_name, test_name = (
+        settings.dev or ("msra_ner" if named else None),
+        settings.test or ("msra_ner" if named else None),
+    )
+    dev = read_bio(dev_name, "dev", settings, scheme)[0] if dev_name else None
+    test = read_bio(test_name, "test", settings, scheme)[0] if test_name else None
+    return train, dev, test, scheme
+
+
+def tagger_dev_scorer(
+    tokenizer: BertTokenizer, dev: list[TaggedSentence], settings: NerConfig, device: torch.device, precision: str
+) -> Callable[[torch.nn.Module], DevScores]:
+    """The end-of-epoch evaluation of a tagger on ``dev``: entity F1 picks the best epoch."""
+
+    def dev_scores(trained: torch.nn.Module) -> DevScores:
+        scores = evaluate_tagger(trained, tokenizer, dev, settings, device, precision)
+        record = {"entity_f1": scores["f1"], "entity_precision": scores["precision"],
+                  "entity_recall": scores["recall"], "token_accuracy": scores["token_accuracy"]}  # fmt: skip
+        return DevScores(scores["f1"], record, f"dev entity F1 {scores['f1']:.4f}")
+
+    return dev_scores
+
+
+def print_tagger_test(scores: dict[str, Any], title: str = "test") -> None:
+    print(f"{title}: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, "
+          f"recall {scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
+    for kind, by_type in scores["per_type"].items():
+        print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
+
+
 def finetune_ner(settings: NerConfig) -> Path:
     """Fine-tune a tagger; return the folder of the best model (Hugging Face layout, tokenizer included)."""
     # ---- setup ----
@@ -88,15 +125,8 @@ def finetune_ner(settings: NerConfig) -> Path:
     precision = pick_precision(settings.precision, device)
     model_dir = resolve_model_dir(settings.model)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
-    train, scheme = read_bio(settings.train, "train", settings, None)
+    train, dev, test, scheme = read_tagging_splits(settings)
     labels = [OUTSIDE, *sorted({tag for s in train for tag in s.tags} - {OUTSIDE})]
-    named = settings.train == "msra_ner"  # a recipe name brings its own dev and test splits
-    dev_name, test_name = (
-        settings.dev or ("msra_ner" if named else None),
-        settings.test or ("msra_ner" if named else None),
-    )
-    dev = read_bio(dev_name, "dev", settings, scheme)[0] if dev_name else None
-    test = read_bio(test_name, "test", settings, scheme)[0] if test_name else None
     for name, sentences in (("dev", dev), ("test", test)):
         unknown = {tag for s in sentences or [] for tag in s.tags} - set(labels)
         if unknown:
@@ -128,17 +158,12 @@ def finetune_ner(settings: NerConfig) -> Path:
         label_rows = [np.pad(targets[r], (0, width - len(targets[r])), constant_values=IGNORE_INDEX) for r in rows]
         return model(**batch, labels=torch.as_tensor(np.stack(label_rows), device=device)).loss
 
-    def dev_scores(trained: torch.nn.Module) -> DevScores:
-        scores = evaluate_tagger(trained, tokenizer, dev, settings, device, precision)
-        record = {"entity_f1": scores["f1"], "entity_precision": scores["precision"],
-                  "entity_recall": scores["recall"], "token_accuracy": scores["token_accuracy"]}  # fmt: skip
-        return DevScores(scores["f1"], record, f"dev entity F1 {scores['f1']:.4f}")
-
     # ---- loop ----
     # The loss is a mean over labelled tokens, whose number differs between micro-batches of equal size.
     train_epochs(state, settings=settings, model=model, optimizer=optimizer,
                  lengths=[len(ids) for ids in encoded.inputs.input_ids], counts=labelled, loss_of=loss_of,
-                 evaluate=dev_scores if dev else None, metric="entity F1", total_steps=total_steps,
+                 evaluate=tagger_dev_scorer(tokenizer, dev, settings, device, precision) if dev else None,
+                 metric="entity F1", total_steps=total_steps,
                  tokenizer=tokenizer, run_dir=run_dir, metrics=metrics, processes=processes, precision=precision,
                  device=device, description="fine-tuning NER")  # fmt: skip
 
@@ -148,11 +173,7 @@ def finetune_ner(settings: NerConfig) -> Path:
         report: dict[str, Any] = {"best_epoch": state["best_epoch"], "dev_entity_f1": state["best"]}
         if test:
             report["test"] = evaluate_tagger(best, tokenizer, test, settings, device, precision)
-            scores = report["test"]
-            print(f"test: entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, "
-                  f"recall {scores['recall']:.4f}), token accuracy {scores['token_accuracy']:.4f}")  # fmt: skip
-            for kind, by_type in scores["per_type"].items():
-                print(f"  {kind:<8} F1 {by_type['f1']:.4f}  ({by_type['support']} entities)")
+            print_tagger_test(report["test"])
         (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         plot_metrics(run_dir)
         log.info("best model (epoch %s) saved to %s", state["best_epoch"], run_dir / "model")

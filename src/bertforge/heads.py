@@ -288,6 +288,7 @@ class TokenClassifierOutput:
 
     logits: Tensor  # (B, T, num_labels)
     loss: Tensor | None = None  # mean cross-entropy over labelled tokens (label IGNORE_INDEX is skipped)
+    hidden_states: tuple[Tensor, ...] | None = None  # L + 1 tensors (B, T, H), with output_hidden_states
 
 
 class BertForTokenClassification(BertPreTrainedModel):
@@ -310,15 +311,16 @@ class BertForTokenClassification(BertPreTrainedModel):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        output_hidden_states: bool = False,
     ) -> TokenClassifierOutput:
         """Args as :meth:`BertModel.forward`, plus (B, T) ``labels`` (IGNORE_INDEX on tokens without a label,
         such as special tokens and the second and later pieces of a word)."""
-        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
-        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-        return TokenClassifierOutput(logits=logits, loss=loss)
+        return TokenClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
 
 
 @dataclass

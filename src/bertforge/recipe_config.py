@@ -46,6 +46,35 @@ def load_recipe_config(cls: type[ConfigT], path: str | Path | None, overrides: S
         raise BertforgeError(f"{cls.__name__}: {error}") from None
 
 
+def peek_setting(key: str, path: str | Path | None, overrides: Sequence[str]) -> str | None:
+    """One setting's raw value before the settings class is chosen (``distill`` picks it by the teacher's head):
+    the last ``--key value`` / ``--key=value`` override, else the config file's (its bases included), else None."""
+    flag = f"--{key.replace('_', '-')}"
+    found = None
+    for index, argument in enumerate(overrides):
+        if argument == flag and index + 1 < len(overrides):
+            found = overrides[index + 1]
+        elif argument.startswith(flag + "="):
+            found = argument.partition("=")[2]
+    if found is not None or path is None:
+        return found
+    file, seen = _config_path(str(path), Path()), set()
+    while file.is_file() and file.resolve() not in seen:  # a base that leads back is reported by the full read
+        seen.add(file.resolve())
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return None  # the full read reports it
+        if not isinstance(data, dict):
+            return None
+        if key in data:
+            return str(data[key])
+        if not isinstance(data.get("base"), str):
+            return None
+        file = _config_path(data["base"], file.parent)
+    return None
+
+
 def _config_path(name: str, folder: Path) -> Path:
     """A config file by path (relative to ``folder``) or, where no such file exists, a bundled config's name."""
     path = folder / name

@@ -185,43 +185,6 @@ class FinetuneConfig(FineTuningSettings):
 
 
 @dataclass
-class DistillConfig(FinetuneConfig):
-    """Settings of a distillation run: a fine-tuned classifier (the teacher) trains a smaller one (the student).
-
-    The data, length and evaluation settings are fine-tuning's; ``model`` is set to the teacher (its tokenizer and
-    labels are the student's).
-    """
-
-    teacher: str = ""  # fine-tuned classifier: a run folder (its model/ is used) or a model folder
-    student: str | None = None  # checkpoint folder or packaged model sharing the teacher's tokenizer; unset: layers
-    student_layers: int = 2  # without --student: the teacher's embeddings + this many of its layers (DistilBERT)
-    unlabeled: str | None = None  # text file, one text a line: more inputs for the soft-target loss, no labels
-    temperature: float = 2.0  # softens both distributions in the soft-target loss (Hinton et al., 2015)
-    soft_weight: float = 1.0  # weight of the T²-scaled KL to the teacher's distribution
-    gold_weight: float = 0.0  # weight of cross-entropy on the gold labels (labelled rows only)
-    # weight of the mean squared error between the student's embeddings and layer outputs and those of the teacher
-    # layers they map to (TinyBERT); runs the teacher in every step; student and teacher must be equally wide
-    hidden_weight: float = 0.0
-    epochs: float = 3.0  # passes over the training (+ unlabelled) inputs
-    out: str = "runs/distill"  # run folder: best student model/, checkpoint, metrics.jsonl, curves.png, report.json
-
-    def __post_init__(self) -> None:
-        if not self.teacher:
-            raise BertforgeError("distillation needs --teacher (a fine-tuned classifier) and --train (a data file)")
-        teacher = Path(self.teacher)
-        self.model = str(teacher / "model" if (teacher / "model" / "config.json").is_file() else self.teacher)
-        super().__post_init__()
-        if self.regression:
-            raise BertforgeError("distillation is for classifiers; a regression teacher is not supported")
-        if self.temperature <= 0:
-            raise BertforgeError(f"temperature must be above 0, got {self.temperature}")
-        if self.soft_weight < 0 or self.gold_weight < 0 or self.soft_weight + self.gold_weight == 0:
-            raise BertforgeError("soft_weight and gold_weight must be at least 0, and not both 0")
-        if self.hidden_weight < 0:
-            raise BertforgeError(f"hidden_weight must be at least 0, got {self.hidden_weight}")
-
-
-@dataclass
 class NerConfig(FineTuningSettings):
     """Settings of a named-entity-recognition (token tagging) fine-tuning run."""
 
@@ -242,6 +205,68 @@ class NerConfig(FineTuningSettings):
             raise BertforgeError("NER fine-tuning needs --model (a checkpoint folder) and --train (a CoNLL file)")
         if not 0 <= self.window_stride < self.max_length // 2:
             raise BertforgeError(f"window_stride must be between 0 and max_length / 2, got {self.window_stride}")
+
+
+@dataclass
+class DistillationSettings:
+    """Distillation settings (the teacher, the student, the losses), shared by classifiers and taggers."""
+
+    teacher: str = ""  # fine-tuned classifier or tagger: a run folder (its model/ is used) or a model folder
+    student: str | None = None  # checkpoint folder or packaged model sharing the teacher's tokenizer; unset: layers
+    student_layers: int = 2  # without --student: the teacher's embeddings + this many of its layers (DistilBERT)
+    unlabeled: str | None = None  # classifiers: text file, one text a line: more inputs for the soft-target loss
+    temperature: float = 2.0  # softens both distributions in the soft-target loss (Hinton et al., 2015)
+    soft_weight: float = 1.0  # weight of the T²-scaled KL to the teacher's distribution
+    gold_weight: float = 0.0  # weight of cross-entropy on the gold labels (labelled rows only)
+    # weight of the mean squared error between the student's embeddings and layer outputs and those of the teacher
+    # layers they map to (TinyBERT); runs the teacher in every step; student and teacher must be equally wide
+    hidden_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise BertforgeError("distillation needs --teacher (a fine-tuned classifier or tagger) and --train")
+        teacher = Path(self.teacher)
+        # the recipes read `model` for the tokenizer and the data checks: the teacher's
+        self.model = str(teacher / "model" if (teacher / "model" / "config.json").is_file() else self.teacher)
+        super().__post_init__()  # the recipe's settings class, next in the MRO
+        if self.temperature <= 0:
+            raise BertforgeError(f"temperature must be above 0, got {self.temperature}")
+        if self.soft_weight < 0 or self.gold_weight < 0 or self.soft_weight + self.gold_weight == 0:
+            raise BertforgeError("soft_weight and gold_weight must be at least 0, and not both 0")
+        if self.hidden_weight < 0:
+            raise BertforgeError(f"hidden_weight must be at least 0, got {self.hidden_weight}")
+
+
+@dataclass
+class DistillConfig(DistillationSettings, FinetuneConfig):
+    """Settings of a distillation run: a fine-tuned classifier (the teacher) trains a smaller one (the student).
+
+    The data, length and evaluation settings are fine-tuning's; ``model`` is set to the teacher (its tokenizer and
+    labels are the student's).
+    """
+
+    epochs: float = 3.0  # passes over the training (+ unlabelled) inputs
+    out: str = "runs/distill"  # run folder: best student model/, checkpoint, metrics.jsonl, curves.png, report.json
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.regression:
+            raise BertforgeError("distillation is for classifiers; a regression teacher is not supported")
+
+
+@dataclass
+class DistillTaggerConfig(DistillationSettings, NerConfig):
+    """Settings of a distillation run for a fine-tuned tagger (NER): the soft-target loss per labelled token.
+
+    The data, length and evaluation settings are NER fine-tuning's; ``model`` is set to the teacher.
+    """
+
+    out: str = "runs/distill"  # run folder: best student model/, checkpoint, metrics.jsonl, curves.png, report.json
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unlabeled is not None:
+            raise BertforgeError("--unlabeled is for classifiers; a tagger is distilled on --train's sentences")
 
 
 @dataclass
@@ -281,6 +306,7 @@ SETTINGS_FILES: dict[type, str] = {
     FinetuneConfig: "finetune_config.json",
     DistillConfig: "finetune_config.json",  # a superset: evaluate and predict read the student like any classifier
     NerConfig: "ner_config.json",
+    DistillTaggerConfig: "ner_config.json",  # likewise for a tagger
     QaConfig: "qa_config.json",
 }
 
