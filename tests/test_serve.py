@@ -372,6 +372,29 @@ def test_the_page_shows_the_label_in_a_real_browser(classifier, tmp_path):
         assert "curl -X POST" in browser.find_element(By.ID, "curl").text
 
 
+def test_a_pair_classifier_gets_two_boxes_and_the_pairs_label_in_a_real_browser(classifier, tmp_path):
+    """A classifier fine-tuned on pairs (its run saved text_pair_column): /info says so, the page asks for both."""
+    import shutil
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pair_model = tmp_path / "pair-run" / "model"
+    shutil.copytree(classifier, pair_model)
+    (pair_model.parent / "finetune_config.json").write_text(json.dumps({"text_pair_column": "hypothesis"}))
+    assert asyncio.run(_get(_app(pair_model), "/info")).json()["routes"][0]["pairs"] is True
+    assert asyncio.run(_get(_app(classifier), "/info")).json()["routes"][0]["pairs"] is False
+    first, second = "the cat sat on the mat.", "a bird flew over the house."
+    with served_page(pair_model, tmp_path) as browser:
+        WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "text")).send_keys(first)
+        browser.find_element(By.ID, "text_pair").send_keys(second)
+        browser.find_element(By.ID, "submit").click()
+        label = WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "label")).text
+        expected = pipeline("text-classification", model=pair_model)({"text": first, "text_pair": second})
+        assert expected["label"] in label and f"{expected['score']:.3f}" in label
+        assert '"text_pair":"a bird flew over the house."' in browser.find_element(By.ID, "curl").text
+
+
 def test_the_page_marks_the_answer_in_the_context_in_a_real_browser(reader, tmp_path):
     """QA: two boxes; the answer appears marked inside the context, and curl shows the request."""
     from selenium.webdriver.common.by import By

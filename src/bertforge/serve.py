@@ -182,6 +182,7 @@ class Route:
     tokens: Callable[[Any], int]  # an item's token count, which the batch budget is measured in
     run: Callable[[list[Any]], list[Any]]  # the items of a whole batch → one JSON-ready answer per item, in order
     labels: list[str] | None = None  # the classes or tags the model tells apart, for /info
+    pairs: bool = False  # a sentence-pair classifier: its page asks for two texts
 
 
 def _object(body: Any, required: tuple[str, ...], optional: tuple[str, ...] = (), name: str = "the body") -> dict:
@@ -248,7 +249,8 @@ def classifier_route(runner: TextClassificationPipeline) -> Route:
     def tokens(item: str | tuple[str, str]) -> int:
         return count(item) if isinstance(item, str) else count(item[0]) + count(item[1]) - 1  # one [CLS]
 
-    return Route("/predict", "text-classification", runner.settings.max_length, read, tokens, runner, runner.labels)
+    return Route("/predict", "text-classification", runner.settings.max_length, read, tokens, runner, runner.labels,
+                 pairs=runner.settings.text_pair_column is not None)  # fmt: skip
 
 
 def ner_route(runner: TokenClassificationPipeline) -> Route:
@@ -426,7 +428,7 @@ def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.
             "task": routes[0].task,
             "labels": routes[0].labels,
             "max_length": routes[0].max_length,
-            "routes": [{"path": r.path, "task": r.task, "max_length": r.max_length} for r in routes],
+            "routes": [{"path": r.path, "task": r.task, "max_length": r.max_length, "pairs": r.pairs} for r in routes],
         }
 
     @app.get("/metrics")
