@@ -8,7 +8,8 @@ by its MLM/NSP accuracy.
     .venv/bin/python -m bench.pretraining_worth --model runs/quickstart/pretrain/model \
         --tasks rotten_tomatoes imdb --seeds 0 1 2 [--jobs 2] [--out runs/worth] [-- --epochs 4]
 
-Tasks: rotten_tomatoes and imdb (`finetune classification --max-length 64` and the recipe's defaults otherwise),
+Tasks: rotten_tomatoes, imdb and imdb_1000 (`finetune classification --max-length 64`, the last with
+`--train-limit 1000`, and the recipe's defaults otherwise),
 msra_ner (`finetune ner --config ner-msra-cpu`). Arguments after ``--`` go to every fine-tuning command.
 """
 
@@ -30,6 +31,9 @@ ARMS = ("pretrained", "random")
 TASK_COMMANDS = {  # the fine-tuning command of each task, before --model, --out, --seed and --random-init
     "rotten_tomatoes": ["finetune", "classification", "--train", "rotten_tomatoes", "--max-length", "64"],
     "imdb": ["finetune", "classification", "--train", "imdb", "--max-length", "64"],
+    # IMDB with 1,000 labelled reviews (the first of the shuffled training split, 493 positive): ULMFiT's
+    # low-resource setting (Howard & Ruder, 2018), where what pretraining knows is not relearnt from the labels
+    "imdb_1000": ["finetune", "classification", "--train", "imdb", "--train-limit", "1000", "--max-length", "64"],
     "msra_ner": ["finetune", "ner", "--config", "ner-msra-cpu"],
 }
 

@@ -316,7 +316,25 @@ def test_learning_rate_follows_the_width_unless_given(workspace, tmp_path, caplo
     assert json.loads((tmp_path / "finetune_config.json").read_text())["learning_rate"] == pytest.approx(4.5e-4)
 
 
-@pytest.mark.parametrize(("option", "value"), [("--classifier-pooling", "max"), ("--dropout", "1.5")])
+def test_train_limit_keeps_the_first_examples_and_the_whole_files_labels(workspace, tmp_path, caplog):
+    from bertforge.finetune import read_split
+    from bertforge.settings import FinetuneConfig
+
+    settings = FinetuneConfig(model=str(workspace / "encoder"), train=str(workspace / "train.csv"), train_limit=1)
+    one = read_split(settings, "train", None)
+    whole = read_split(dataclasses.replace(settings, train_limit=None), "train", None)
+    assert one.examples == whole.examples[:1] and one.label_names == whole.label_names == ["neg", "pos"]
+    with caplog.at_level("INFO", logger="bertforge"):
+        assert main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
+                     str(workspace / "train.csv"), "--out", str(tmp_path), "--train-limit", "10", "--epochs", "1",
+                     "--progress", "false"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "finetune_config.json").read_text())["train_limit"] == 10
+    assert "on 10 " in caplog.text  # the run trains on the first 10 examples only
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--classifier-pooling", "max"), ("--dropout", "1.5"), ("--train-limit", "0")]
+)
 def test_bad_pooling_or_dropout_is_one_line_naming_the_option(workspace, tmp_path, option, value, capsys):
     code = main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
                  str(workspace / "train.csv"), "--out", str(tmp_path), option, value])  # fmt: skip

@@ -56,7 +56,7 @@ def read_split(settings: FinetuneConfig, split: str, label_names: list[str] | No
         name = settings.train
     if name is None:
         return None
-    return read_classification_file(
+    data = read_classification_file(
         resolve_dataset(name, split),
         text_column=settings.text_column,
         text_pair_column=settings.text_pair_column,
@@ -65,6 +65,9 @@ def read_split(settings: FinetuneConfig, split: str, label_names: list[str] | No
         regression=settings.regression,
         bad_rows=settings.bad_rows,
     )
+    if split == "train" and settings.train_limit is not None:  # the label set is still the whole file's
+        data = dataclasses.replace(data, examples=data.examples[: settings.train_limit])
+    return data
 
 
 def encode_file(tokenizer: BertTokenizer, data: ClassificationFile, settings: FinetuneConfig) -> EncodedInputs:

@@ -85,6 +85,7 @@ def read_tagging_splits(
 ) -> tuple[list[TaggedSentence], list[TaggedSentence] | None, list[TaggedSentence] | None, str]:
     """The train, dev and test sentences (BIO tags; dev and test None where not given) and the files' scheme."""
     train, scheme = read_bio(settings.train, "train", settings, None)
+    train = train[: settings.train_limit]  # None: all of them
     named = settings.train == "msra_ner"  # a recipe name brings its own dev and test splits
     dev_name, test_name = (
         settings.dev or ("msra_ner" if named else None),

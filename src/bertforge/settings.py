@@ -71,7 +71,14 @@ class FineTuningSettings(TrainingSettings):
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
     early_stopping_patience: int | None = None  # stop after this many epochs without a better dev score
     random_init: bool = False  # keep the model's config and tokenizer but start from random weights (a baseline)
+    # use only the first N training examples (sentences, questions) in file order: learning curves, few labels
+    train_limit: int | None = None
     eval_batch_size: int = EVAL_BATCH_SIZE  # inputs per forward pass when evaluating
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_limit is not None and self.train_limit < 1:
+            raise BertforgeError(f"train_limit must be a positive number of examples, got {self.train_limit}")
 
 
 @dataclass
@@ -277,7 +284,6 @@ class QaConfig(FineTuningSettings):
     train: str = ""  # SQuAD-format JSON file, or squad_v1 (SQuAD v1.1 from the packaged data)
     dev: str | None = None  # evaluated (exact match, F1) after each epoch; defaults to squad_v1's dev file
     out: str = "runs/qa"  # run folder: best model/, checkpoint, metrics.jsonl, curves.png, report.json
-    train_limit: int | None = None  # use only the first N training questions (file order)
     eval_limit: int | None = None  # evaluate on the first N dev questions only
     max_length: int = QA_MAX_LENGTH  # tokens per window: [CLS] question [SEP] context piece [SEP]
     doc_stride: int = DOC_STRIDE  # context tokens shared by consecutive windows of a long context
@@ -291,10 +297,8 @@ class QaConfig(FineTuningSettings):
         super().__post_init__()
         if not self.model or not self.train:
             raise BertforgeError("QA fine-tuning needs --model (a checkpoint folder) and --train (a SQuAD JSON file)")
-        for name in ("train_limit", "eval_limit"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BertforgeError(f"{name} must be a positive number of questions, got {value}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise BertforgeError(f"eval_limit must be a positive number of questions, got {self.eval_limit}")
         if not 0 <= self.doc_stride < self.max_length:  # the exact room per window is checked with the questions
             raise BertforgeError(f"doc_stride must be between 0 and max_length, got {self.doc_stride}")
 
