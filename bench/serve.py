@@ -19,6 +19,8 @@ import argparse
 import asyncio
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -51,16 +53,18 @@ def sentences(limit: int) -> list[str]:
 
 
 def predict_labels(model: str, texts: list[str]) -> tuple[list[str], float]:
-    """`bertforge predict`'s labels and its wall time for one batched pass."""
+    """`bertforge predict`'s labels, its wall time for one batched pass, and the rate it reports for its own
+    tokenizing and forward passes (model loading left out)."""
     with tempfile.TemporaryDirectory() as scratch:
         # JSONL, not plain lines: a few sentences hold characters that str.splitlines takes for line breaks
         source, out = Path(scratch) / "texts.jsonl", Path(scratch) / "out.jsonl"
         source.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bertforge", "predict", "--model", model, "--input", str(source),
-                        "--output", str(out)], check=True)  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "bertforge", "predict", "--model", model, "--input", str(source),
+                               "--output", str(out)], check=True, capture_output=True, text=True)  # fmt: skip
         took = time.perf_counter() - started
-        return [json.loads(line)["label"] for line in out.read_text(encoding="utf-8").splitlines()], took
+        reported = float(re.search(r"predicted \d+ inputs in [\d.]+ s \((\d+) inputs/s\)", done.stderr).group(1))
+        return [json.loads(line)["label"] for line in out.read_text(encoding="utf-8").splitlines()], took, reported
 
 
 async def load(
@@ -112,9 +116,11 @@ def mistakes(labels: list[str | None], expected: list[str]) -> tuple[int, int]:
     return failures, wrong
 
 
-def serve(model: str, options: list[str]) -> subprocess.Popen:
+def serve(model: str, options: list[str], threads: int | None) -> subprocess.Popen:
+    """A `bertforge serve` child; ``threads``: its PyTorch threads (OMP_NUM_THREADS), None for the default."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     server = subprocess.Popen([sys.executable, "-m", "bertforge", "serve", "--model", model, "--port", str(PORT),
-                               *options])  # fmt: skip
+                               *options], env=env)  # fmt: skip
     for _ in range(600):  # bounded: 60 s for the model to load
         try:
             if httpx.get(f"http://127.0.0.1:{PORT}/health").status_code == 200:
@@ -130,15 +136,27 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--limit", type=int, default=0, help="first N sentences only (0: all)")
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=None,
+        help="the server's PyTorch threads (default: all cores; the clients run on them too)",
+    )
+    parser.add_argument("--modes", nargs="+", default=["dynamic", "one-per-forward"],
+                        choices=["dynamic", "one-per-forward"])  # fmt: skip
     args = parser.parse_args()
     print(machine())
     texts = sentences(args.limit)
-    expected, predict_seconds = predict_labels(args.model, texts)
+    expected, predict_seconds, predict_alone = predict_labels(args.model, texts)
     predict_rate = len(texts) / predict_seconds
-    print(f"predict: {len(texts)} sentences in {predict_seconds:.1f} s = {predict_rate:.1f}/s (model load included)")
+    print(f"predict: {len(texts)} sentences in {predict_seconds:.1f} s = {predict_rate:.1f}/s (model load included);"
+          f" {predict_alone:.0f}/s by its own count (tokenizing and forward passes only)")  # fmt: skip
     modes = {"dynamic": [], "one-per-forward": ["--max-wait-ms", "0", "--max-batch-tokens", "1"]}
+    print(f"server threads: {args.server_threads or 'default (all cores)'}")
     for mode, options in modes.items():
-        server = serve(args.model, options)
+        if mode not in args.modes:
+            continue
+        server = serve(args.model, options, args.server_threads)
         try:
             for clients in args.clients:
                 labels, latencies, seconds, _ = asyncio.run(load(texts, clients))
@@ -146,7 +164,8 @@ def main() -> None:
                 p50, p99 = np.percentile(latencies, [50, 99]) * 1000
                 rate = len(texts) / seconds
                 print(
-                    f"{mode:16s} clients {clients:4d}: {rate:7.1f} req/s ({rate / predict_rate:.0%} of predict), "
+                    f"{mode:16s} clients {clients:4d}: {rate:7.1f} req/s ({rate / predict_rate:.0%} of predict, "
+                    f"{rate / predict_alone:.0%} of its own count), "
                     f"p50 {p50:6.1f} ms, p99 {p99:7.1f} ms, failures {failures}, labels unlike predict {wrong}"
                 )
             if mode == "dynamic":
