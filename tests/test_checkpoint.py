@@ -200,3 +200,28 @@ def test_corrupted_weights_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(BertforgeError, match=r"model\.safetensors: not a readable safetensors file"):
         BertModel.from_pretrained(tmp_path)
+
+
+def test_loading_a_complete_checkpoint_draws_no_random_numbers_and_a_new_head_still_does(tmp_path):
+    from bertforge.heads import BertForSequenceClassification
+
+    labels = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+    saved = BertForSequenceClassification(BertConfig.preset("tiny", vocab_size=99, **labels))
+    saved.save_pretrained(tmp_path / "classifier")
+    torch.manual_seed(0)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(0)
+    loaded = BertForSequenceClassification.from_pretrained(tmp_path / "classifier")
+    assert torch.equal(torch.rand(1), expected_draw)  # nothing was initialised only to be overwritten
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert torch.nn.init.normal_(torch.zeros(1000)).std() > 0.5  # the init functions work again afterwards
+
+    # An encoder file for a classifier: the new head is initialised, the same for the same seed, and the encoder's
+    # own weights are the file's.
+    BertModel(BertConfig.preset("tiny", vocab_size=99)).save_pretrained(tmp_path / "encoder")
+    heads = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        heads.append(BertForSequenceClassification.from_pretrained(tmp_path / "encoder", **labels).classifier.weight)
+    assert torch.equal(heads[0], heads[1]) and heads[0].std() > 0.005

@@ -13,13 +13,14 @@ the encoder is being loaded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -241,10 +242,33 @@ def load_model(cls: type[ModelT], directory: str | Path, **config_overrides: obj
         if unknown:
             raise BertforgeError(f"unknown config field(s) {', '.join(unknown)}")
         config = dataclasses.replace(config, **config_overrides)
-    model = cls(config)
     state, unmapped = from_hf_state_dict(read_weights(directory))
-    load_state_strictly(model, _match_encoder_prefix(state, model), unmapped, source=directory)
+    with _uninitialised():
+        model = cls(config)  # random initialisation is wasted on weights the file replaces (a third of a second)
+    state = _match_encoder_prefix(state, model)
+    if any(name not in state for name in model.state_dict()):
+        model = cls(config)  # a head the file lacks starts from BERT's initialisation, seeded as for any new model
+    load_state_strictly(model, state, unmapped, source=directory)
     return model
+
+
+_INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                   "xavier_normal_", "zeros_", "ones_", "constant_")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _uninitialised() -> Iterator[None]:
+    """Modules built inside keep their parameters' memory as allocated: the ``torch.nn.init`` functions that
+    ``nn.Linear`` and BERT's initialisation call do nothing (as ``transformers``' ``no_init_weights`` does). Only
+    for models whose every weight is then loaded; not thread-safe while it lasts."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 def _match_encoder_prefix(state: dict[str, Tensor], model: torch.nn.Module) -> dict[str, Tensor]:
