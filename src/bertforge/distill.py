@@ -148,6 +148,17 @@ def check_teacher(model_dir: Path, head: type) -> BertConfig:
     return config
 
 
+def read_teacher(settings: DistillationSettings, head: type) -> tuple[Path, list[str], BertTokenizer]:
+    """The teacher's folder (checked by :func:`check_teacher`), its labels in id order and its tokenizer."""
+    teacher_dir = resolve_model_dir(settings.model)
+    config = check_teacher(teacher_dir, head)
+    return (
+        teacher_dir,
+        [config.id2label[i] for i in sorted(config.id2label)],
+        BertTokenizer.from_pretrained(teacher_dir),
+    )
+
+
 def check_labels(data: ClassificationFile, teacher_labels: list[str]) -> None:
     """The data's labels must all be the teacher's: the student learns the teacher's classes, in its order."""
     unknown = [name for name in data.label_names if name not in teacher_labels]
@@ -267,10 +278,7 @@ def distill_classification(settings: DistillConfig) -> Path:
     processes, device = join_processes(settings.device)
     seed_everything(settings.seed + processes.rank)
     precision = pick_precision(settings.precision, device)
-    teacher_dir = resolve_model_dir(settings.model)
-    teacher_config = check_teacher(teacher_dir, BertForSequenceClassification)
-    names = [teacher_config.id2label[i] for i in sorted(teacher_config.id2label)]
-    tokenizer = BertTokenizer.from_pretrained(teacher_dir)
+    teacher_dir, names, tokenizer = read_teacher(settings, BertForSequenceClassification)
     check_labels(read_split(settings, "train", None), names)
     train, dev, test = (read_split(settings, split, names) for split in ("train", "dev", "test"))
     for data in (train, dev, test):
@@ -349,10 +357,7 @@ def distill_tagger(settings: DistillTaggerConfig) -> Path:
     processes, device = join_processes(settings.device)
     seed_everything(settings.seed + processes.rank)
     precision = pick_precision(settings.precision, device)
-    teacher_dir = resolve_model_dir(settings.model)
-    teacher_config = check_teacher(teacher_dir, BertForTokenClassification)
-    labels = [teacher_config.id2label[i] for i in sorted(teacher_config.id2label)]
-    tokenizer = BertTokenizer.from_pretrained(teacher_dir)
+    teacher_dir, labels, tokenizer = read_teacher(settings, BertForTokenClassification)
     train, dev, test, scheme = read_tagging_splits(settings)
     unknown = {tag for sentences in (train, dev or [], test or []) for s in sentences for tag in s.tags} - set(labels)
     if unknown:
