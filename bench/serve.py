@@ -142,6 +142,11 @@ def main() -> None:
         default=None,
         help="the server's PyTorch threads (default: all cores; the clients run on them too)",
     )
+    parser.add_argument(
+        "--dynamic-options",
+        default="",
+        help='more `bertforge serve` options for the dynamic mode, e.g. "--max-batch-tokens 1024"',
+    )
     parser.add_argument("--modes", nargs="+", default=["dynamic", "one-per-forward"],
                         choices=["dynamic", "one-per-forward"])  # fmt: skip
     args = parser.parse_args()
@@ -151,8 +156,12 @@ def main() -> None:
     predict_rate = len(texts) / predict_seconds
     print(f"predict: {len(texts)} sentences in {predict_seconds:.1f} s = {predict_rate:.1f}/s (model load included);"
           f" {predict_alone:.0f}/s by its own count (tokenizing and forward passes only)")  # fmt: skip
-    modes = {"dynamic": [], "one-per-forward": ["--max-wait-ms", "0", "--max-batch-tokens", "1"]}
-    print(f"server threads: {args.server_threads or 'default (all cores)'}")
+    modes = {
+        "dynamic": args.dynamic_options.split(),
+        "one-per-forward": ["--max-wait-ms", "0", "--max-batch-tokens", "1"],
+    }
+    print(f"server threads: {args.server_threads or 'default (all cores)'}; dynamic mode options: "
+          f"{args.dynamic_options or 'the defaults'}")  # fmt: skip
     for mode, options in modes.items():
         if mode not in args.modes:
             continue
