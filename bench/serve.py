@@ -109,6 +109,30 @@ async def load(
         return labels, latencies, time.perf_counter() - started, statuses
 
 
+def server_counters(server: subprocess.Popen) -> dict[str, float]:
+    """The server's batch counters from /metrics and its process's CPU seconds so far (user + system)."""
+    text = httpx.get(f"http://127.0.0.1:{PORT}/metrics").text
+    counters = {name: float(re.search(rf"^bertforge_{name} (\S+)$", text, re.M).group(1))
+                for name in ("batch_size_sum", "batch_size_count", "inference_seconds_total")}  # fmt: skip
+    fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    counters["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return counters
+
+
+def where_the_time_went(before: dict[str, float], after: dict[str, float], seconds: float, client_cpu: float) -> str:
+    """Mean batch size, the share of the wall time the model was running, and each side's CPU use, for one load:
+    client and server share the cores, so a busy client slows the server it measures."""
+    batches = after["batch_size_count"] - before["batch_size_count"]
+    mean = (after["batch_size_sum"] - before["batch_size_sum"]) / max(batches, 1)
+    busy = (after["inference_seconds_total"] - before["inference_seconds_total"]) / seconds
+    server_cpu = after["cpu_seconds"] - before["cpu_seconds"]
+    return (
+        f"{'':16s} {batches:.0f} batches of {mean:.1f} requests on average; model running {busy:.0%} of the "
+        f"time; CPU seconds: server {server_cpu:.1f}, client {client_cpu:.1f} over {seconds:.1f} s wall "
+        f"({os.cpu_count()} cores)"
+    )
+
+
 def mistakes(labels: list[str | None], expected: list[str]) -> tuple[int, int]:
     """Failed requests, and answers whose label is not predict's."""
     failures = sum(label is None for label in labels)
@@ -168,7 +192,10 @@ def main() -> None:
         server = serve(args.model, options, args.server_threads)
         try:
             for clients in args.clients:
+                before, client_started = server_counters(server), time.process_time()
                 labels, latencies, seconds, _ = asyncio.run(load(texts, clients))
+                client_cpu = time.process_time() - client_started
+                after = server_counters(server)
                 failures, wrong = mistakes(labels, expected)
                 p50, p99 = np.percentile(latencies, [50, 99]) * 1000
                 rate = len(texts) / seconds
@@ -177,6 +204,7 @@ def main() -> None:
                     f"{rate / predict_alone:.0%} of its own count), "
                     f"p50 {p50:6.1f} ms, p99 {p99:7.1f} ms, failures {failures}, labels unlike predict {wrong}"
                 )
+                print(where_the_time_went(before, after, seconds, client_cpu))
             if mode == "dynamic":
                 labels, _, _, statuses = asyncio.run(load(texts, BAD_CLIENTS, BAD_REQUESTS))
                 failures, wrong = mistakes(labels, expected)

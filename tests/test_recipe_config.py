@@ -74,6 +74,10 @@ def test_fine_tuning_help_lists_the_task_settings_first_then_the_shared_ones():
     epochs = next(line for line in lines if line.split()[0] == "--epochs")
     assert epochs.split()[1] == "2.0" and "training windows" in epochs  # QA's own default and comment
     assert all(line.split()[0].startswith("--") for line in lines if line not in headings)
+    # every setting is explained, whether its comment sits beside the field or on the lines above it
+    assert all(len(line.split()) > 2 for line in lines if line not in headings)
+    train_limit = next(line for line in lines if line.split()[0] == "--train-limit")
+    assert "first N training examples" in train_limit
 
 
 @pytest.mark.parametrize("config", [FinetuneConfig, NerConfig, QaConfig])

@@ -176,6 +176,20 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
     return value
 
 
+def field_comments(source: str) -> dict[str, str]:
+    """Each field's comment in a dataclass's source: the one beside it, else the comment lines just above it."""
+    comments, above = {}, []
+    for line in source.splitlines():
+        if match := re.match(r"\s+#\s*(.*)$", line):
+            above.append(match.group(1))
+        elif match := re.match(r"\s+(\w+):[^#]*?(?:#\s*(.*))?$", line):
+            comments[match.group(1)] = match.group(2) or " ".join(above)
+            above = []
+        else:
+            above = []
+    return comments
+
+
 def describe_settings(cls: type) -> str:
     """One line per setting — name, default, and the comment beside its field — for a command's ``--help``.
 
@@ -185,7 +199,7 @@ def describe_settings(cls: type) -> str:
     classes = [c for c in cls.__mro__ if dataclasses.is_dataclass(c)]  # cls first, then its bases
     comments: dict[str, str] = {}
     for c in reversed(classes):  # a subclass's comment replaces its base's, beside a field given another default
-        comments.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(c), flags=re.MULTILINE))
+        comments.update(field_comments(inspect.getsource(c)))
     # A field belongs to the base that declared it first, where it keeps its place among the dataclass's fields
     owner = {f.name: next(c for c in reversed(classes) if f.name in inspect.get_annotations(c))
              for f in dataclasses.fields(cls)}  # fmt: skip
