@@ -9,7 +9,7 @@ the whole command's wall clock, and the rate predict reports for its tokenizing 
 is loaded; with the child process's peak memory. Timings are comparable within one run only.
 
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.distill [--out runs/bench-distill] [--layers 1,2,3]
-        [--distill-options "--epochs 6 --unlabeled FILE" --tag -aug]
+        ["--distill-options=--epochs 6 --unlabeled FILE" --tag=-aug]  (= signs: the values start with -)
 """
 
 from __future__ import annotations

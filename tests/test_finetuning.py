@@ -3,11 +3,14 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from tqdm.auto import tqdm
 
 from bertforge.distributed import Processes
-from bertforge.finetuning import DevScores, end_epoch
+from bertforge.errors import BertforgeError
+from bertforge.finetuning import DevScores, end_epoch, fine_tuning_epochs, planned_steps
+from bertforge.settings import FinetuneConfig
 from bertforge.train import MetricsLog, latest_checkpoint
 
 
@@ -72,3 +75,21 @@ def test_without_a_dev_set_the_last_epoch_is_kept_and_nothing_stops_early(tmp_pa
     assert state["ran"] == 3 and (state["best"], state["best_epoch"], state["best_scores"]) == (None, 3, None)
     assert (tmp_path / "model" / "epoch.txt").read_text() == "3"
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("inputs", "epochs", "steps"),
+    [(8530, 3, 801), (6530, 3, 615), (3200, 3, 300), (1000, 10, 320), (320, 20, 200), (10, 20, 20)],
+)
+def test_unset_epochs_are_3_or_enough_for_300_steps_up_to_20(inputs, epochs, steps):
+    settings = FinetuneConfig(model="m", train="t")  # batch 32
+    assert fine_tuning_epochs(settings, inputs) == epochs and planned_steps(settings, inputs) == steps
+    given = FinetuneConfig(model="m", train="t", epochs=1.5)
+    assert fine_tuning_epochs(given, inputs) == 1.5  # a stated number is kept, small data or not
+    assert planned_steps(FinetuneConfig(model="m", train="t", max_steps=7), inputs) == 7
+
+
+@pytest.mark.parametrize("epochs", [0, -1])
+def test_epochs_must_be_positive(epochs):
+    with pytest.raises(BertforgeError, match="epochs must be a positive number"):
+        FinetuneConfig(model="m", train="t", epochs=epochs)

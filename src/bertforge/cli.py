@@ -27,6 +27,8 @@ from bertforge.settings import (
     MAX_LENGTH,
     PREDICT_BATCH_SIZE,
     QA_MAX_LENGTH,
+    SERVE_MAX_BATCH_TOKENS,
+    SERVE_MAX_WAIT_MS,
     DistillConfig,
     FinetuneConfig,
     NerConfig,
@@ -525,8 +527,8 @@ def serve(
     model: str,
     host: str = "127.0.0.1",
     port: int = 8080,
-    max_batch_tokens: int = 4096,
-    max_wait_ms: float = 5.0,
+    max_batch_tokens: int = SERVE_MAX_BATCH_TOKENS,
+    max_wait_ms: float = SERVE_MAX_WAIT_MS,
     precision: str = "fp32",
     quantize: str = "none",
     max_request_bytes: int = 1 << 20,
@@ -537,8 +539,9 @@ def serve(
     object, or a list: the label/score objects of `predict`), /ner for a tagger (entities), /qa for question
     answering ({"question", "context"} or a list: answers), /fill-mask for a masked-LM model ({"inputs",
     "top_k"}: candidates), and /embed for any encoder ({"inputs"}: unit vectors). Requests from many clients are
-    queued and run together: a batch closes when its inputs reach --max-batch-tokens tokens or its oldest request
-    has waited --max-wait-ms (--max-wait-ms 0 --max-batch-tokens 1: one request per forward). GET / is a page to
+    queued and run together: the requests that queue while the model runs form the next batch, up to
+    --max-batch-tokens tokens (--max-wait-ms M: also wait until the oldest has waited M ms; --max-batch-tokens 1:
+    one request per forward). GET / is a page to
     try the model; GET /health, /info (the routes served) and /metrics (Prometheus text).
 
     example: bertforge serve --model runs/rt/model --port 8080
@@ -688,7 +691,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("host", "address to listen on (127.0.0.1: this machine only)"),
             Option("port", "TCP port"),
             Option("max_batch_tokens", "close a batch once its inputs hold this many tokens"),
-            Option("max_wait_ms", "longest a request waits for company before its batch runs"),
+            Option("max_wait_ms", "longest the oldest queued request waits for company (0: batch what has queued)"),
             Option("precision", PRECISION_HELP, choices=("fp32", "bf16", "auto")),
             Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),
             Option("max_request_bytes", "refuse request bodies over this size with 413"),

@@ -168,10 +168,32 @@ def end_epoch(
     return False
 
 
-def planned_steps(settings: FineTuningSettings, inputs: int) -> int:
-    """Optimizer steps of a run: ``epochs`` passes over ``inputs`` in global batches, or ``max_steps`` if fewer."""
+DEFAULT_EPOCHS = 3.0  # BERT's fine-tuning recipe used 2-4 (Devlin et al., 2019)
+# Few-sample fine-tuning needs many more updates than 3 epochs give (Mosbach et al., 2021; Zhang et al., 2021,
+# "Revisiting Few-sample BERT Fine-tuning"): 1,000 IMDB reviews in 3 epochs (96 steps) left bertforge's own
+# BERT at 0.60 test accuracy, 10 epochs (320 steps) reached 0.73 (bench/RESULTS.md, 2026-12-06 session 31)
+MIN_DEFAULT_STEPS = 300
+MAX_DEFAULT_EPOCHS = 20.0  # Mosbach et al.'s budget for the small GLUE sets
+
+
+def fine_tuning_epochs(settings: FineTuningSettings, inputs: int) -> float:
+    """``settings.epochs``, or when unset :data:`DEFAULT_EPOCHS`, raised for a small training set of ``inputs`` so
+    that the run makes at least :data:`MIN_DEFAULT_STEPS` optimizer steps, up to :data:`MAX_DEFAULT_EPOCHS`."""
+    if settings.epochs is not None:
+        return settings.epochs
     steps_per_epoch = math.ceil(inputs / settings.batch_size)
-    return int(min(settings.max_steps or math.inf, math.ceil(settings.epochs * steps_per_epoch)))
+    return min(max(DEFAULT_EPOCHS, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch)), MAX_DEFAULT_EPOCHS)
+
+
+def planned_steps(settings: FineTuningSettings, inputs: int) -> int:
+    """Optimizer steps of a run: :func:`fine_tuning_epochs` passes over ``inputs`` in global batches, or
+    ``max_steps`` if fewer."""
+    epochs = fine_tuning_epochs(settings, inputs)
+    if settings.epochs is None and epochs != DEFAULT_EPOCHS:
+        log.info("%g epochs (chosen for %d training inputs: at least %d steps; --epochs sets another)", epochs,
+                 inputs, MIN_DEFAULT_STEPS)  # fmt: skip
+    steps_per_epoch = math.ceil(inputs / settings.batch_size)
+    return int(min(settings.max_steps or math.inf, math.ceil(epochs * steps_per_epoch)))
 
 
 def train_epochs(
@@ -206,7 +228,7 @@ def train_epochs(
     bar = tqdm(total=total_steps, initial=state["step"], desc=description, unit="step",
                disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
     started = time.perf_counter()
-    while state["step"] < total_steps and state["epoch"] < math.ceil(settings.epochs):
+    while state["step"] < total_steps and state["epoch"] < math.ceil(fine_tuning_epochs(settings, len(lengths))):
         steps = bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed, epoch=state["epoch"],
                                  bucket_batches=settings.bucket_batches)  # fmt: skip
         for step_rows in steps:

@@ -1,8 +1,9 @@
 """`bertforge serve`: an HTTP inference server with dynamic batching (FastAPI + uvicorn, the `serve` extra).
 
-Requests from many clients go into one queue per route; a worker thread per route takes requests until their token
-count reaches ``max_batch_tokens`` or the oldest has waited ``max_wait_ms``, runs one pipeline call over all of them
-(the pipelines sort by length and unpad), and hands each request its own results. One forward over 32 sentences
+Requests from many clients go into one queue per route; a worker thread per route takes the requests that queued
+while its last batch ran, up to ``max_batch_tokens`` tokens (and waits for more until the oldest has waited
+``max_wait_ms``; by default it does not wait), runs one pipeline call over all of them (the pipelines sort by length
+and unpad), and hands each request its own results. One forward over 32 sentences
 costs far less than 32 forwards of one, which is the whole point of serving through a batcher.
 
 The routes follow the model's head (config.json "architectures"): ``/predict`` for a sequence classifier, ``/ner``
@@ -31,7 +32,7 @@ from bertforge.pipelines import (
     TokenClassificationPipeline,
     pipeline,
 )
-from bertforge.settings import FILL_MASK_TOP_K
+from bertforge.settings import FILL_MASK_TOP_K, SERVE_MAX_BATCH_TOKENS, SERVE_MAX_WAIT_MS
 from bertforge.tokenizer import BertTokenizer
 
 
@@ -357,8 +358,8 @@ def model_routes(model: str, architecture: str, precision: str, quantize: str) -
     return [route(runner), embed_route(embedder)]
 
 
-def create_app(model: str, max_batch_tokens: int = 4096, max_wait_ms: float = 5.0, precision: str = "fp32",
-               quantize: str = "none", max_request_bytes: int = 1 << 20) -> Any:  # fmt: skip
+def create_app(model: str, max_batch_tokens: int = SERVE_MAX_BATCH_TOKENS, max_wait_ms: float = SERVE_MAX_WAIT_MS,
+               precision: str = "fp32", quantize: str = "none", max_request_bytes: int = 1 << 20) -> Any:  # fmt: skip
     """The FastAPI application serving ``model``: the routes its head calls for (:func:`model_routes`), each with
     its own batcher, plus the page, /health, /info and /metrics."""
     require_serve_extra()

@@ -33,6 +33,11 @@ N_BEST = 20  # QA: best start and end positions per window paired into candidate
 EVAL_BATCH_SIZE = 64  # inputs per forward pass when a fine-tuning run (or a library function) evaluates
 PREDICT_BATCH_SIZE = 32  # inputs per forward pass of `predict`, `embed` and the pipelines
 FILL_MASK_TOP_K = 5  # fill-mask: candidates listed per [MASK]
+SERVE_MAX_BATCH_TOKENS = 4096  # serve: a batch closes once its inputs hold this many tokens
+# serve: longest a request waits for company when the model is idle. 0: a batch is whatever queued while the last
+# one ran (continuous batching); 5 ms cost a lone client a third of its throughput and gained nothing at 32 or 128
+# clients (bench/RESULTS.md, 2026-12-06 session 31)
+SERVE_MAX_WAIT_MS = 0.0
 
 
 @dataclass
@@ -65,7 +70,9 @@ class TrainingSettings:
 class FineTuningSettings(TrainingSettings):
     """Fine-tuning settings shared by every task."""
 
-    epochs: float = 3.0  # passes over the training data (max_steps stops sooner)
+    # passes over the training data (max_steps stops sooner); unset: 3, more for a small training set so that the
+    # run makes at least 300 optimizer steps, at most 20 (see finetuning.fine_tuning_epochs)
+    epochs: float | None = None
     bucket_batches: int = 1  # 1 = random batches; N = N batches' worth sorted by length (less padding on a GPU)
     learning_rate: float | None = None  # peak after warm-up; unset: chosen from the model's width (see README)
     warmup: float = 0.1  # share of training spent warming the learning rate up linearly
@@ -77,6 +84,8 @@ class FineTuningSettings(TrainingSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.epochs is not None and self.epochs <= 0:
+            raise BertforgeError(f"epochs must be a positive number of passes, got {self.epochs}")
         if self.train_limit is not None and self.train_limit < 1:
             raise BertforgeError(f"train_limit must be a positive number of examples, got {self.train_limit}")
 
@@ -252,7 +261,7 @@ class DistillConfig(DistillationSettings, FinetuneConfig):
     labels are the student's).
     """
 
-    epochs: float = 3.0  # passes over the training (+ unlabelled) inputs
+    epochs: float | None = None  # passes over the training (+ unlabelled) inputs; unset: as fine-tuning chooses
     out: str = "runs/distill"  # run folder: best student model/, checkpoint, metrics.jsonl, curves.png, report.json
 
     def __post_init__(self) -> None:
