@@ -1,10 +1,12 @@
 """Distilling a fine-tuned MiniLM-L6 sentiment classifier into 1-, 2- and 3-layer students, through the CLI.
 
-Teacher: all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes with README's recipe (2 epochs, max_length 64). Students:
+Teacher: all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes (or ``--data imdb``) with README's recipe (2 epochs,
+max_length 64). Students:
 ``bertforge distill --student-layers N`` (the teacher's embeddings + N of its 6 layers, DistilBERT's init). The
 baseline: the same 2 layers taken from the pretrained (not fine-tuned) MiniLM and fine-tuned directly on the gold
 labels with the teacher's recipe, no teacher. For each model: test accuracy (``bertforge evaluate``), parameters,
-and ``bertforge predict`` throughput on the 2,000 test+dev texts (fp32, bf16, and int8 with ``--quantize int8``):
+and ``bertforge predict`` throughput on the test+dev texts (2,000 for Rotten Tomatoes, 5,000 for IMDB; fp32, bf16,
+and int8 with ``--quantize int8``):
 the whole command's wall clock, and the rate predict reports for its tokenizing and forward passes once the model
 is loaded; with the child process's peak memory. Timings are comparable within one run only.
 
@@ -35,7 +37,7 @@ from bertforge.heads import BertForSequenceClassification
 from bertforge.model import BertModel
 from bertforge.tokenizer import BertTokenizer
 
-RECIPE = ["--train", "rotten_tomatoes", "--epochs", "2", "--max-length", "64", "--progress", "false"]
+RECIPE = ["--epochs", "2", "--max-length", "64", "--progress", "false"]  # README's, after --train DATA
 
 
 def bertforge(*arguments: str) -> tuple[str, float, float]:
@@ -54,8 +56,8 @@ def bertforge(*arguments: str) -> tuple[str, float, float]:
     return stdout + stderr, time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
-def accuracy(model: Path) -> float:
-    out, _, _ = bertforge("evaluate", "--model", str(model), "--data", "rotten_tomatoes:test")
+def accuracy(model: Path, data: str, *options: str) -> float:
+    out, _, _ = bertforge("evaluate", "--model", str(model), "--data", f"{data}:test", *options)
     return float(re.search(r"accuracy (\d\.\d+)", out).group(1))
 
 
@@ -92,27 +94,30 @@ def main() -> None:
     parser.add_argument("--distill-options", default="", help='more `bertforge distill` options for the students, '
                         'e.g. "--epochs 6 --unlabeled FILE"; students go to OUT/student{N}{--tag}')  # fmt: skip
     parser.add_argument("--tag", default="", help="suffix of the students' run folders, to keep variants apart")
+    parser.add_argument("--data", default="rotten_tomatoes", choices=("rotten_tomatoes", "imdb"),
+                        help="the teacher's and students' data set (catalogue name)")  # fmt: skip
     args = parser.parse_args()
+    recipe = ["--train", args.data, *RECIPE]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(machine())
-    texts = out / "rt_test_dev.txt"
-    rows = [e.text for split in ("test", "dev")
-            for e in read_classification_file(resolve_dataset("rotten_tomatoes", split)).examples]  # fmt: skip
+    texts = out / f"{args.data}_test_dev.txt"
+    rows = [" ".join(e.text.split()) for split in ("test", "dev")  # one text a line
+            for e in read_classification_file(resolve_dataset(args.data, split)).examples]  # fmt: skip
     texts.write_text("\n".join(rows) + "\n")
 
     runs = {"teacher (6 layers)": out / "teacher"}
     if not (out / "teacher" / "model").is_dir():
-        bertforge("finetune", "classification", "--model", "all-MiniLM-L6-v2", *RECIPE, "--out", str(out / "teacher"))
+        bertforge("finetune", "classification", "--model", "all-MiniLM-L6-v2", *recipe, "--out", str(out / "teacher"))
     for layers in map(int, args.layers.split(",")):
         name = out / f"student{layers}{args.tag}"
         if not (name / "model").is_dir():
-            bertforge("distill", "--teacher", str(out / "teacher"), "--student-layers", str(layers), *RECIPE,
+            bertforge("distill", "--teacher", str(out / "teacher"), "--student-layers", str(layers), *recipe,
                       *args.distill_options.split(), "--out", str(name))  # fmt: skip
         runs[f"distilled, {layers} layers{' ' + args.distill_options if args.distill_options else ''}"] = name
     if not (out / "direct2" / "model").is_dir():
         start = direct_student(out / "direct2-start", 2)
-        bertforge("finetune", "classification", "--model", str(start), *RECIPE, "--out", str(out / "direct2"))
+        bertforge("finetune", "classification", "--model", str(start), *recipe, "--out", str(out / "direct2"))
     runs["direct, 2 layers (no teacher)"] = out / "direct2"
 
     print(f"{len(rows)} texts timed; other work may share the CPU: compare within this run only")
@@ -129,13 +134,11 @@ def main() -> None:
         fp32 = speed(model, texts, "--precision", "fp32")
         bf16 = speed(model, texts, "--precision", "bf16")
         int8 = speed(model, texts, "--quantize", "int8")
-        int8_acc = float(re.search(r"accuracy (\d\.\d+)", bertforge("evaluate", "--model", str(model), "--data",
-                                                                    "rotten_tomatoes:test", "--quantize",
-                                                                    "int8")[0]).group(1))  # fmt: skip
+        int8_acc = accuracy(model, args.data, "--quantize", "int8")
         teacher_speed = teacher_speed or fp32
 
         print(
-            f"| {label} | {accuracy(model):.4f} | {parameters / 1e6:.1f} M | {rate(fp32, teacher_speed)} | "
+            f"| {label} | {accuracy(model, args.data):.4f} | {parameters / 1e6:.1f} M | {rate(fp32, teacher_speed)} | "
             f"{rate(bf16, teacher_speed)} | {rate(int8, teacher_speed)} | {int8_acc:.4f} | "
             f"{fp32[2]:.0f} / {int8[2]:.0f} |",
             flush=True,
