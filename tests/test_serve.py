@@ -126,6 +126,19 @@ def test_predict_matches_the_pipeline_and_batches_concurrent_requests(classifier
     assert _batches(metrics) < len(texts)  # concurrent requests shared forwards
 
 
+def test_counting_a_request_leaves_the_batch_tokenizer_as_the_batch_set_it(classifier):
+    """The event loop counts tokens while the batcher thread encodes: they must not share the engine whose
+    truncation each call sets, or a count could turn a batch's truncation off before it encodes."""
+    from bertforge.serve import model_routes
+
+    task, _ = model_routes(str(classifier), "BertForSequenceClassification", "fp32", "none")
+    engine = task.run.tokenizer._engine
+    task.run.tokenizer("the cat sat " * 20, truncation=True, max_length=8)  # a batch sets its truncation
+    setting = engine.truncation
+    assert task.tokens("the cat sat " * 20) == 62  # counted in full, while the batch's engine still cuts at 8
+    assert engine.truncation == setting and setting["max_length"] == 8
+
+
 def test_text_pairs_are_answered_as_the_pipeline_answers_each_alone(classifier):
     """A text alone, a pair, and a list mixing both, sent at once: each answer is its input's own."""
     first, second = "the cat sat on the mat.", "a bird flew over the house."

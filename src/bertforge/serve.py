@@ -13,6 +13,7 @@ every encoder, the task models' included.
 
 import asyncio
 import contextlib
+import copy
 import json
 import queue
 import threading
@@ -289,7 +290,7 @@ def qa_route(runner: QuestionAnsweringPipeline) -> Route:
 def fill_mask_route(runner: FillMaskPipeline) -> Route:
     """``/fill-mask``: ``{"inputs": text | [...], "top_k"?}`` → per text the best-first candidates of its
     [MASK] (a list of such lists for several [MASK]s)."""
-    tokenizer = runner.tokenizer
+    tokenizer = _own_copy(runner.tokenizer)
 
     def read(body: Any) -> tuple[list[tuple[str, int]], bool]:
         fields = _object(body, ("inputs",), ("top_k",))
@@ -334,8 +335,16 @@ def embed_route(runner: FeatureExtractionPipeline) -> Route:
 
 
 def _token_counter(tokenizer: BertTokenizer) -> Callable[[str], int]:
-    """A text's token count with its [CLS] and [SEP]."""
-    return lambda text: len(tokenizer.tokenize(text)) + 2
+    """A text's token count with its [CLS] and [SEP], from a copy of ``tokenizer`` (see :func:`_own_copy`)."""
+    own = _own_copy(tokenizer)
+    return lambda text: len(own.tokenize(text)) + 2
+
+
+def _own_copy(tokenizer: BertTokenizer) -> BertTokenizer:
+    """A copy of ``tokenizer`` for one thread's use. Each call sets truncation on the engine it encodes with, and
+    the event loop reads requests while each route's batcher thread encodes its batch, so threads sharing one
+    engine could undo a batch's truncation between its setting and its encoding."""
+    return copy.deepcopy(tokenizer)
 
 
 TASK_ROUTES = {  # the model's architecture → its pipeline task and the route serving it; /embed serves any encoder
@@ -353,8 +362,9 @@ def model_routes(model: str, architecture: str, precision: str, quantize: str) -
         return [embed_route(pipeline("feature-extraction", model=model, precision=precision, quantize=quantize))]
     task, route = TASK_ROUTES[architecture]
     runner = pipeline(task, model=model, precision=precision, quantize=quantize)
-    # /embed runs the task model's own encoder (quantized with it) rather than a second copy loaded from the folder
-    embedder = FeatureExtractionPipeline(runner.model.bert, runner.tokenizer, runner.device, precision)
+    # /embed runs the task model's own encoder (quantized with it) rather than a second copy loaded from the folder,
+    # with a tokenizer of its own, since its batcher thread encodes while the task route's does
+    embedder = FeatureExtractionPipeline(runner.model.bert, _own_copy(runner.tokenizer), runner.device, precision)
     return [route(runner), embed_route(embedder)]
 
 
