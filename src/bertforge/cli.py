@@ -541,8 +541,8 @@ def serve(
     "top_k"}: candidates), and /embed for any encoder ({"inputs"}: unit vectors). Requests from many clients are
     queued and run together: the requests that queue while the model runs form the next batch, up to
     --max-batch-tokens tokens (--max-wait-ms M: also wait until the oldest has waited M ms; --max-batch-tokens 1:
-    one request per forward). GET / is a page to
-    try the model; GET /health, /info (the routes served) and /metrics (Prometheus text).
+    one request per forward). GET / is a page to try the model; GET /health, /info (the routes served) and
+    /metrics (Prometheus text).
 
     example: bertforge serve --model runs/rt/model --port 8080
     """

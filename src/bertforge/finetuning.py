@@ -228,7 +228,8 @@ def train_epochs(
     bar = tqdm(total=total_steps, initial=state["step"], desc=description, unit="step",
                disable=not (settings.progress and processes.is_main), mininterval=1.0)  # fmt: skip
     started = time.perf_counter()
-    while state["step"] < total_steps and state["epoch"] < math.ceil(fine_tuning_epochs(settings, len(lengths))):
+    epochs = math.ceil(fine_tuning_epochs(settings, len(lengths)))
+    while state["step"] < total_steps and state["epoch"] < epochs:
         steps = bucketed_batches(lengths, settings.batch_size, shuffle=True, seed=settings.seed, epoch=state["epoch"],
                                  bucket_batches=settings.bucket_batches)  # fmt: skip
         for step_rows in steps:

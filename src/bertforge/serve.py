@@ -3,8 +3,8 @@
 Requests from many clients go into one queue per route; a worker thread per route takes the requests that queued
 while its last batch ran, up to ``max_batch_tokens`` tokens (and waits for more until the oldest has waited
 ``max_wait_ms``; by default it does not wait), runs one pipeline call over all of them (the pipelines sort by length
-and unpad), and hands each request its own results. One forward over 32 sentences
-costs far less than 32 forwards of one, which is the whole point of serving through a batcher.
+and unpad), and hands each request its own results. One forward over 32 sentences costs far less than 32 forwards
+of one, which is the whole point of serving through a batcher.
 
 The routes follow the model's head (config.json "architectures"): ``/predict`` for a sequence classifier, ``/ner``
 for a token classifier, ``/qa`` for question answering, ``/fill-mask`` for a masked-LM model, and ``/embed`` for
