@@ -1,8 +1,8 @@
 """Fine-tuning MiniLM-L6 for SQuAD v1.1: bertforge's recipe vs transformers' BertForQuestionAnswering.
 
 Both sides: the first 4,000 training questions, 1 epoch, batch 32, AdamW lr 5e-5 (no decay on biases/LayerNorm,
-weight decay 0.01, eps 1e-6, fused kernel), 10% linear warm-up then linear decay, gradient clipping 1.0, seed 0 or
---seed (initialisation of the head, window order, dropout), the same precision, the same device; evaluated on the
+weight decay 0.01, eps 1e-6, fused kernel), 10% linear warm-up then linear decay, gradient clipping 1.0, each seed of
+--seeds (initialisation of the head, window order, dropout), the same precision, the same device; evaluated on the
 first 1,000 dev questions with the official exact match / F1. Both read the same windows (max_length 256,
 doc_stride 128, max_query_length 64: bertforge's preprocessing, whose token ids equal transformers'
 BertTokenizer, see tests/test_tokenizer.py) and share one post-processing and its batching (dev windows sorted by
@@ -10,8 +10,8 @@ length, 64 per forward pass; n-best 20, max_answer_length 30), so the comparison
 loop. Both train on random batches of windows, each padded to its longest; transformers in a plain loop in the
 style of its examples. What only one side gets is printed next to the ratio (ONLY_BERTFORGE).
 
-    .venv/bin/python -m bench.squad [--precision fp32|bf16] [--seed N] [--device cpu|cuda] [--train-limit 4000]
-        [--eval-limit 1000]
+    .venv/bin/python -m bench.squad [--precision fp32|bf16] [--seeds 0 1 2] [--device cpu|cuda]
+        [--train-limit 4000] [--eval-limit 1000]
 """
 
 from __future__ import annotations
@@ -120,13 +120,14 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--train-limit", type=int, default=4000)
     parser.add_argument("--eval-limit", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0, help="head initialisation, window order and dropout, both sides")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="head initialisation, window order and dropout; each seed runs both sides")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     parser.add_argument("--child", choices=("bertforge", "transformers"))
     args = parser.parse_args()
     if args.child:
         side = bertforge_side if args.child == "bertforge" else transformers_side
-        result = side(args.precision, args.train_limit, args.eval_limit, args.seed, args.device)
+        result = side(args.precision, args.train_limit, args.eval_limit, args.seeds[0], args.device)
         print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     print(machine())
@@ -134,19 +135,33 @@ def main() -> None:
         print(torch.cuda.get_device_name(args.device))
     print(f"MiniLM-L6 on SQuAD v1.1: first {args.train_limit:,} training questions, 1 epoch, batch {BATCH}, "
           f"lr {LEARNING_RATE}, max_length {MAX_LENGTH}, doc_stride {DOC_STRIDE}; first {args.eval_limit:,} dev "
-          f"questions; {args.precision}, {args.device}, seed {args.seed}")  # fmt: skip
-    results = {}
-    for side in ("transformers", "bertforge"):
-        options = ["--train-limit", str(args.train_limit), "--eval-limit", str(args.eval_limit), "--seed",
-                   str(args.seed), "--device", args.device, "--precision", args.precision]  # fmt: skip
-        r = results[side] = run_child("bench.squad", "--child", side, *options)
-        print(f"  {side:<13} exact match {r['exact_match']:6.2f}  F1 {r['f1']:6.2f}  fine-tuning + evaluation "
-              f"{r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+          f"questions; {args.precision}, {args.device}, seeds {' '.join(map(str, args.seeds))}")  # fmt: skip
+    results: dict[str, list[dict]] = {"transformers": [], "bertforge": []}
+    for seed in args.seeds:
+        for side, runs in results.items():
+            options = ["--train-limit", str(args.train_limit), "--eval-limit", str(args.eval_limit), "--seeds",
+                       str(seed), "--device", args.device, "--precision", args.precision]  # fmt: skip
+            r = run_child("bench.squad", "--child", side, *options)
+            runs.append(r)
+            print(f"  seed {seed} {side:<13} exact match {r['exact_match']:6.2f}  F1 {r['f1']:6.2f}  fine-tuning + "
+                  f"evaluation {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    for side, runs in results.items():
+        print(f"  {side:<13} exact match {spread([r['exact_match'] for r in runs])}  F1 "
+              f"{spread([r['f1'] for r in runs])}  seconds {spread([r['seconds'] for r in runs], 1)}  "
+              f"peak RSS (largest) {max(r['peak_rss_mb'] for r in runs):.0f} MB")  # fmt: skip
     ours, theirs = results["bertforge"], results["transformers"]
-    print(f"  difference (bertforge - transformers): exact match {ours['exact_match'] - theirs['exact_match']:+.2f}, "
-          f"F1 {ours['f1'] - theirs['f1']:+.2f}")  # fmt: skip
-    print(f"  speed ratio: {theirs['seconds'] / ours['seconds']:.2f}x; only one side gets: "
-          f"{ONLY_BERTFORGE[torch.device(args.device).type]}")  # fmt: skip
+    print(f"  difference (bertforge - transformers), mean over seeds: exact match "
+          f"{np.mean([r['exact_match'] for r in ours]) - np.mean([r['exact_match'] for r in theirs]):+.2f}, F1 "
+          f"{np.mean([r['f1'] for r in ours]) - np.mean([r['f1'] for r in theirs]):+.2f}")  # fmt: skip
+    print(f"  speed ratio (total seconds): {sum(r['seconds'] for r in theirs) / sum(r['seconds'] for r in ours):.2f}x; "
+          f"only one side gets: {ONLY_BERTFORGE[torch.device(args.device).type]}")  # fmt: skip
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """Mean ± sample standard deviation (the mean alone for one value)."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 if __name__ == "__main__":

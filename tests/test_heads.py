@@ -67,7 +67,7 @@ def test_chunked_vocabulary_loss_under_bf16_autocast_matches_autograd():
         x.grad = weight.grad = bias.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16):
             if chunked:
-                loss = VocabularyCrossEntropyFunction.apply(x, weight, bias, targets)
+                loss = VocabularyCrossEntropyFunction.apply(x, weight, bias, targets, len(targets))
             else:
                 loss = F.cross_entropy(F.linear(x, weight, bias).float(), targets)
         loss.backward()
@@ -75,6 +75,39 @@ def test_chunked_vocabulary_loss_under_bf16_autocast_matches_autograd():
     for chunked, plain in zip(*results, strict=True):
         assert chunked.dtype == plain.dtype
         torch.testing.assert_close(chunked, plain, rtol=2e-2, atol=2e-3)
+
+
+def test_chunked_vocabulary_loss_ignores_padding_rows():
+    """Rows after ``count`` (padding to a stable row count) add no loss and get no gradient, in every chunk."""
+    from bertforge import heads
+    from bertforge.heads import VocabularyCrossEntropyFunction
+
+    torch.manual_seed(0)
+    x = torch.randn(37, 16)
+    weight, bias = torch.randn(301, 16, requires_grad=True), torch.randn(301, requires_grad=True)
+    targets = torch.randint(0, 301, (37,))
+    results = []
+    for padding in (0, 11):
+        rows = torch.cat([x, torch.randn(padding, 16)]).requires_grad_()
+        weight.grad = bias.grad = None
+        loss = VocabularyCrossEntropyFunction.apply(rows, weight, bias, targets, len(targets))
+        loss.backward()
+        results.append((loss, rows.grad[:37], weight.grad, bias.grad))
+        assert rows.grad[37:].abs().sum() == 0
+    for padded, plain in zip(*results, strict=True):
+        torch.testing.assert_close(padded, plain)
+    old_chunk = heads.LOGITS_PER_CHUNK
+    heads.LOGITS_PER_CHUNK = 301 * 10  # chunks of 10 rows: the padding starts inside the fourth
+    try:
+        rows = torch.cat([x, torch.randn(11, 16)]).requires_grad_()
+        weight.grad = bias.grad = None
+        loss = VocabularyCrossEntropyFunction.apply(rows, weight, bias, targets, len(targets))
+        loss.backward()
+    finally:
+        heads.LOGITS_PER_CHUNK = old_chunk
+    torch.testing.assert_close(loss, results[1][0])
+    torch.testing.assert_close(weight.grad, results[1][2])
+    assert rows.grad[37:].abs().sum() == 0
 
 
 def test_decoder_is_tied_to_word_embeddings():

@@ -250,9 +250,13 @@ def padded_batch(seed=3, longest=11):
     return ids, mask, types
 
 
+@pytest.mark.parametrize("stable_rows", [False, True])  # True: padding rows carried to a stable row count
 @pytest.mark.parametrize("implementation", ["sdpa", "reference"])
 @pytest.mark.parametrize("longest", [11, BATCHED_ATTENTION_MAX_LENGTH + 5])  # batched / per-sequence attention
-def test_unpadded_execution_equals_the_padded_path_outputs_and_gradients(implementation, longest):
+def test_unpadded_execution_equals_the_padded_path_outputs_and_gradients(implementation, longest, stable_rows,
+                                                                         monkeypatch):  # fmt: skip
+    # in fp32, so that the comparison is tight; the padding rows are what bf16 on the CPU adds
+    monkeypatch.setattr("bertforge.model.compiles_kernels_per_shape", lambda device: stable_rows)
     model = tiny_model(attention_implementation=implementation, hidden_dropout_prob=0, attention_probs_dropout_prob=0,
                        max_position_embeddings=160)  # fmt: skip
     ids, mask, types = padded_batch(longest=longest)
@@ -274,6 +278,28 @@ def test_unpadded_execution_equals_the_padded_path_outputs_and_gradients(impleme
         torch.testing.assert_close(mine[real], reference[real], rtol=1e-5, atol=1e-5)
     for name, grad in padded_grads.items():
         torch.testing.assert_close(unpadded_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_stable_row_counts():
+    from bertforge.kernels import stable_row_count
+
+    assert [stable_row_count(n) for n in (1, 16, 17, 350, 1800, 2000, 2048, 2049)] == [
+        16, 16, 32, 352, 1856, 2048, 2048, 2176
+    ]  # fmt: skip
+    counts = [stable_row_count(n) for n in range(1025, 2049)]
+    assert len(set(counts)) == 16 and all(c - n < 1024 / 16 for n, c in zip(range(1025, 2049), counts, strict=True))
+
+
+def test_packed_batch_with_stable_rows_carries_padding_rows_after_the_real_ones():
+    from bertforge.kernels import PackedBatch
+
+    ids, mask, _ = padded_batch()  # 23 real tokens of 44 positions
+    packed = PackedBatch.from_mask(mask, stable_rows=True)
+    assert (packed.tokens, packed.filler) == (23, 9) and packed.lengths == [11, 4, 1, 7]
+    assert mask.flatten()[packed.index[23:]].sum() == 0  # the filler rows are padding positions
+    rows = packed.pack(ids[..., None].float())
+    assert rows.shape == (32, 1)
+    torch.testing.assert_close(packed.unpack(rows), (ids * mask)[..., None].float())  # filler never unpacked
 
 
 def test_unpadded_training_with_dropout_runs_per_sequence():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertforge.config import BertConfig
-from bertforge.kernels import Dropout
+from bertforge.kernels import Dropout, compiles_kernels_per_shape, stable_row_count
 from bertforge.model import ACTIVATION_FUNCTIONS, BertModel, BertPreTrainedModel
 
 IGNORE_INDEX = -100  # label of positions that carry no MLM target (PyTorch's cross-entropy default)
@@ -56,7 +56,9 @@ class VocabularyCrossEntropyFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets):
+    def forward(ctx, x, weight, bias, targets, count):
+        """(M, H) ``x`` whose first ``count`` rows are predicted as the (count,) ``targets``; the rows after them
+        are padding (:func:`~bertforge.kernels.stable_row_count`), with no loss and no gradient."""
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
@@ -67,21 +69,23 @@ class VocabularyCrossEntropyFunction(torch.autograd.Function):
         with torch.autocast(device, enabled=False):  # each operand cast once, here, rather than per matmul
             x_cast, weight_cast, bias_cast = x.to(dtype), weight.to(dtype), bias.to(dtype)
             for start in range(0, x.shape[0], rows):
-                chunk, chunk_targets = x_cast[start : start + rows], targets[start : start + rows]  # (R, H), (R,)
+                chunk = x_cast[start : start + rows]  # (R, H)
+                real = max(0, min(len(chunk), count - start))
                 logits = torch.addmm(bias_cast, chunk, weight_cast.t())  # (R, V)
                 # The loss is -log of the target's probability, floored at fp32's smallest normal number (at
                 # most 87.3 per prediction): one pass over the logits fewer than a log-softmax and an exp.
                 probs = torch.softmax(logits, -1, dtype=torch.float32)
-                picked = torch.arange(len(chunk_targets), device=x.device), chunk_targets
+                picked = torch.arange(real, device=x.device), targets[start : start + real]
                 loss -= probs[picked].clamp_min(torch.finfo(torch.float32).tiny).log().sum()
                 probs[picked] -= 1.0
+                probs[real:] = 0.0
                 grad_logits = probs.to(dtype)
                 grad_x[start : start + rows] = (grad_logits @ weight_cast).to(x.dtype)
                 grad_weight += grad_logits.t() @ chunk
                 grad_bias += grad_logits.sum(0, dtype=torch.float32)
         ctx.save_for_backward(grad_x, grad_weight, grad_bias)
-        ctx.dtypes, ctx.count = (weight.dtype, bias.dtype), x.shape[0]
-        return loss / x.shape[0]
+        ctx.dtypes, ctx.count = (weight.dtype, bias.dtype), count
+        return loss / count
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -92,6 +96,7 @@ class VocabularyCrossEntropyFunction(torch.autograd.Function):
             grad_x * scale.to(grad_x.dtype),
             (grad_weight * scale).to(weight_dtype),
             (grad_bias * scale).to(bias_dtype),
+            None,
             None,
         )
 
@@ -134,8 +139,11 @@ def masked_lm(
     if labels is not None and torch.is_grad_enabled():  # training: the loss without keeping (M, V) logits
         positions = positions & (labels != IGNORE_INDEX)
         targets = labels[positions]  # (M,)
-        features = head.features(hidden[positions])  # (M, H)
-        loss = VocabularyCrossEntropyFunction.apply(features, word_embeddings, head.bias, targets)
+        rows = hidden[positions]  # (M, H)
+        if compiles_kernels_per_shape(rows.device):  # padded to a row count that repeats between steps
+            rows = torch.cat([rows, rows.new_zeros(stable_row_count(len(rows)) - len(rows), rows.shape[1])])
+        loss = VocabularyCrossEntropyFunction.apply(head.features(rows), word_embeddings, head.bias, targets,
+                                                    len(targets))  # fmt: skip
         return None, loss, None, targets.new_tensor(targets.numel())
     logits = head(hidden[positions], word_embeddings)  # (M, H) → (M, V)
     if labels is None:

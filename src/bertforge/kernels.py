@@ -2,6 +2,7 @@
 
     Dropout, draw_drop_mask      dropout from 16 random bits per element, its mask kept as bool
     PackedBatch                  the real tokens of a padded (B, T) batch packed into one (N, ·) run
+    stable_row_count             row counts that repeat, for CPUs that compile a bf16 kernel per shape
     attention                    the one attention dispatcher: packed layouts, and the kernel that is fastest here
     SoftmaxAttentionFunction     attention with a hand-written backward pass, for training on the CPU
     GeluFeedForwardFunction      the feed-forward block, keeping less for its backward pass
@@ -74,32 +75,61 @@ class Dropout(nn.Dropout):
 BATCHED_ATTENTION_MAX_LENGTH = 128
 
 
+# oneDNN, which runs PyTorch's bf16 matmuls on the CPU, compiles a kernel for each shape it meets. Where the CPU has
+# AMX tiles, compiling one costs more than running it: a bf16 (M, 256) x (256, 8192) matmul took 7.2 ms with a new M
+# at every call against 1.7 ms with the same M (2-core Intel Xeon; fp32 6.1-6.8 ms either way; bench/RESULTS.md,
+# 2026-12-06, session 32). Packed batches and masked-token gathers bring a new row count at every training step, so
+# in bf16 on the CPU their row counts are rounded up to one of 16 steps per power of two (at most 1/16 more rows).
+def stable_row_count(rows: int) -> int:
+    """``rows`` rounded up to a multiple of 1/16 of its power of two (at least 16): few distinct counts."""
+    step = max(16, 1 << max(rows.bit_length() - 5, 0))
+    return -(-rows // step) * step
+
+
+def compiles_kernels_per_shape(device: torch.device) -> bool:
+    """True where matmuls run in bf16 on the CPU (autocast on), whose kernels are compiled per shape."""
+    return device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 @dataclass
 class PackedBatch:
-    """Where the N real tokens of a padded (B, T) batch go when packed into one (N, ·) run.
+    """Where the N real tokens of a padded (B, T) batch go when packed into one (N + E, ·) run.
 
-    Sequence b's tokens are packed rows ``sum(lengths[:b])`` to ``sum(lengths[:b + 1])``, in their order.
+    Sequence b's tokens are packed rows ``sum(lengths[:b])`` to ``sum(lengths[:b + 1])``, in their order; the E
+    rows after the N real ones are padding positions, carried only so that the row count repeats between batches
+    (:func:`stable_row_count`): they are never attended to and never unpacked.
     """
 
-    index: Tensor  # (N,) flat positions b·T + t of the real tokens, sequence by sequence
+    index: Tensor  # (N + E,) flat positions b·T + t: the real tokens sequence by sequence, then E padding positions
     lengths: list[int]  # B real-token counts, summing to N
     batch_shape: tuple[int, int]  # (B, T)
+    tokens: int  # N
 
     @classmethod
-    def from_mask(cls, attention_mask: Tensor) -> PackedBatch:
-        """From a (B, T) mask, nonzero at real tokens."""
-        real = attention_mask.bool()
-        index = real.flatten().nonzero().squeeze(1)  # (N,), sorted: sequence by sequence
-        return cls(index, real.sum(1).tolist(), tuple(real.shape))
+    def from_mask(cls, attention_mask: Tensor, stable_rows: bool = False) -> PackedBatch:
+        """From a (B, T) mask, nonzero at real tokens; ``stable_rows`` adds padding rows up to a stable count."""
+        real = attention_mask.bool().flatten()
+        index = real.nonzero().squeeze(1)  # (N,), sorted: sequence by sequence
+        tokens = len(index)
+        filler = min(stable_row_count(tokens), len(real)) - tokens if stable_rows else 0
+        if filler > 0:
+            index = torch.cat([index, (~real).nonzero().squeeze(1)[:filler]])
+        return cls(index, attention_mask.bool().sum(1).tolist(), tuple(attention_mask.shape), tokens)
+
+    @property
+    def filler(self) -> int:
+        """E, the padding rows after the real ones."""
+        return len(self.index) - self.tokens
 
     def pack(self, x: Tensor) -> Tensor:
-        """(B, T, ...) → (N, ...)."""
+        """(B, T, ...) → (N + E, ...)."""
         return x.flatten(0, 1).index_select(0, self.index)
 
     def unpack(self, x: Tensor) -> Tensor:
-        """(N, ...) → (B, T, ...), zeros at padding."""
+        """(N + E, ...) → (B, T, ...), zeros at padding."""
+        real = self.tokens
         padded = x.new_zeros(self.batch_shape[0] * self.batch_shape[1], *x.shape[1:])
-        return padded.index_copy(0, self.index, x).view(*self.batch_shape, *x.shape[1:])
+        return padded.index_copy(0, self.index[:real], x[:real]).view(*self.batch_shape, *x.shape[1:])
 
 
 # ---- attention --------------------------------------------------------------------------------------------------
@@ -138,14 +168,15 @@ def attention(
     if packed is not None and packed.batch_shape[1] > BATCHED_ATTENTION_MAX_LENGTH:
         # Long sequences: one call per sequence on its L real tokens, so there is no padding to mask.
         contexts = []
-        for part in qkv.split(packed.lengths):  # (L, 3H) for each sequence of L real tokens
+        for part in qkv[: packed.tokens].split(packed.lengths):  # (L, 3H) for each sequence of L real tokens
             context, _ = attention(part[None], num_heads, None, implementation, dropout)  # (1, L, H)
             contexts.append(context[0])
-        return torch.cat(contexts), None  # (N, H)
+        contexts.append(qkv.new_zeros(packed.filler, qkv.shape[1] // 3))  # the padding rows attend to nothing
+        return torch.cat(contexts), None  # (N + E, H)
     if packed is not None:
         # Short sequences: one masked call on the padded layout; its zero rows at padding are masked out as keys.
         context, probs = attention(packed.unpack(qkv), num_heads, key_mask, implementation, dropout, need_weights)
-        return packed.pack(context), probs  # (B, T, H) → (N, H)
+        return packed.pack(context), probs  # (B, T, H) → (N + E, H)
 
     B, T, _ = qkv.shape
     q, k, v = qkv.view(B, T, 3, num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, A, T, D)

@@ -25,7 +25,14 @@ from torch import Tensor, nn
 from bertforge.checkpoint import PretrainedModule
 from bertforge.config import BertConfig
 from bertforge.errors import BertforgeError
-from bertforge.kernels import GELU_APPROXIMATIONS, Dropout, GeluFeedForwardFunction, PackedBatch, attention
+from bertforge.kernels import (
+    GELU_APPROXIMATIONS,
+    Dropout,
+    GeluFeedForwardFunction,
+    PackedBatch,
+    attention,
+    compiles_kernels_per_shape,
+)
 
 ACTIVATION_FUNCTIONS = {
     "gelu": F.gelu,  # the exact erf form BERT was trained with
@@ -249,7 +256,7 @@ class BertModel(BertPreTrainedModel):
         # CPU, not on a GPU.
         unpad = self.unpad and real is not None and input_ids.device.type == "cpu" and not output_attentions
         if unpad and not real.all() and real.any(1).all():  # some padding, and no sequence that is padding only
-            packed = PackedBatch.from_mask(real)
+            packed = PackedBatch.from_mask(real, stable_rows=compiles_kernels_per_shape(input_ids.device))
         if packed is not None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, T)
             x = self.embeddings(packed.pack(input_ids), packed.pack(token_type_ids), packed.pack(positions))  # (N, H)

@@ -49,11 +49,14 @@ def pick_precision(requested: str, device: torch.device) -> str:
 
 # On the CPU, PyTorch runs bf16 matmuls with oneDNN, which compiles a kernel for each matmul shape and keeps the
 # last 1,024 in each of two caches (oneDNN's own and its ideep wrapper's), ~0.2 MB an entry. Unpadded batches
-# (kernels.PackedBatch) bring new token counts, so new shapes, at every step: in SQuAD fine-tuning the caches grew
+# (kernels.PackedBatch) brought new token counts, so new shapes, at every step: in SQuAD fine-tuning the caches grew
 # by 10-30 MB a step, and their long-lived entries, scattered between freed activations, kept the heap from
-# shrinking: 3,230 MB peak after 48 steps, 1,653 MB with 64 entries, the same scores, no measurable loss of speed
-# (recompiling one kernel takes ~0.1 ms; bench/RESULTS.md, 2026-12-05).
-KERNEL_CACHE_CAPACITY = 64
+# shrinking (3,230 MB peak after 48 steps, 1,653 MB with 64 entries; bench/RESULTS.md, 2026-12-05). Row counts now
+# repeat (kernels.stable_row_count), so a step's kernels can stay cached, and where compiling one is dear (AMX) that
+# matters: the quickstart's pretraining step ran 8.3 steps/s with 64 entries, 9.5 with 256 and 10.0 with 1,024
+# (2-core Intel Xeon, bench/RESULTS.md, 2026-12-06, session 32). 256 keeps most of the speed and a quarter of the
+# memory the default may hold.
+KERNEL_CACHE_CAPACITY = 256
 KERNEL_CACHE_SETTINGS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneDNN's, ideep's
 
 
