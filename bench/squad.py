@@ -34,8 +34,10 @@ MAX_LENGTH, DOC_STRIDE, MAX_QUERY_LENGTH = 256, 128, 64
 # windows, evaluation batching and post-processing) is the same on both sides.
 ONLY_BERTFORGE = {
     "cpu": "bertforge alone runs each batch on its real tokens only (unpadded; attention per window beyond 128 "
-    "tokens), in training and evaluation",
-    "cuda": "nothing: on a GPU bertforge runs padded batches, as transformers does",
+    "tokens), in training and evaluation, and keeps padding out of the answer-position softmax of its loss "
+    "(transformers' BertForQuestionAnswering scores padding positions too)",
+    "cuda": "bertforge alone keeps padding out of the answer-position softmax of its loss (transformers' "
+    "BertForQuestionAnswering scores padding positions too); both run padded batches on a GPU",
 }
 
 

@@ -8,7 +8,8 @@
     GeluFeedForwardFunction      the feed-forward block, keeping less for its backward pass
 
 Each is tested against autograd through the plain formula (tests/test_model.py). Shapes use the legend of
-:mod:`bertforge.model`, plus N, the number of real tokens in a packed batch.
+:mod:`bertforge.model`, plus N, the number of real tokens in a packed batch (in bf16 on the CPU its
+(N, ·) runs carry E padding rows after them: :class:`PackedBatch`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def stable_row_count(rows: int) -> int:
 
 def compiles_kernels_per_shape(device: torch.device) -> bool:
     """True where matmuls run in bf16 on the CPU (autocast on), whose kernels are compiled per shape."""
-    return device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return device.type == "cpu" and bf16
 
 
 @dataclass
