@@ -110,13 +110,14 @@ class PackedBatch:
     @classmethod
     def from_mask(cls, attention_mask: Tensor, stable_rows: bool = False) -> PackedBatch:
         """From a (B, T) mask, nonzero at real tokens; ``stable_rows`` adds padding rows up to a stable count."""
-        real = attention_mask.bool().flatten()
+        mask = attention_mask.bool()
+        real = mask.flatten()
         index = real.nonzero().squeeze(1)  # (N,), sorted: sequence by sequence
         tokens = len(index)
         filler = min(stable_row_count(tokens), len(real)) - tokens if stable_rows else 0
         if filler > 0:
             index = torch.cat([index, (~real).nonzero().squeeze(1)[:filler]])
-        return cls(index, attention_mask.bool().sum(1).tolist(), tuple(attention_mask.shape), tokens)
+        return cls(index, mask.sum(1).tolist(), tuple(mask.shape), tokens)
 
     @property
     def filler(self) -> int:
