@@ -299,6 +299,7 @@ def distill_classification(settings: DistillConfig) -> Path:
         targets = np.concatenate([targets, np.full(len(extra), -1, dtype=np.int64)])
     # The teacher is frozen and its dropout off, so its logits for an input never change: computed once, before
     # training, in fp32, instead of a teacher forward pass in every step.
+    log.info("the teacher's logits for %d inputs, once", len(inputs))  # minutes for 100k inputs: say so first
     teacher_logits = forward_batches(teacher, inputs, lambda out, batch: out.logits, pad_id=tokenizer.pad_token_id,
                                      batch_size=settings.eval_batch_size, device=device,
                                      progress="teacher logits" if settings.progress else None)  # fmt: skip
@@ -374,6 +375,7 @@ def distill_tagger(settings: DistillTaggerConfig) -> Path:
     targets = window_labels(encoded, [[labels.index(t) for t in s.tags] for s in train], settings.label_all_pieces)
     labelled = np.asarray([int((window != IGNORE_INDEX).sum()) for window in targets])  # (windows,) the loss's tokens
     # Computed once, as for classifiers: (T, C) per window, its own length.
+    log.info("the teacher's logits for %d windows, once", len(encoded.inputs))
     teacher_logits = forward_batches(teacher, encoded.inputs, lambda out, batch: out.logits,
                                      pad_id=tokenizer.pad_token_id, per_token=True,
                                      batch_size=settings.eval_batch_size, device=device,
