@@ -4,9 +4,10 @@
 
 Sends the Rotten Tomatoes test+dev sentences, one sentence per request, from N concurrent clients (asyncio +
 httpx over loopback) to a `bertforge serve` child process, first with dynamic batching (the defaults), then with
-`--max-wait-ms 0 --max-batch-tokens 1` (one request per forward). Every answer's label is checked against
-`bertforge predict`'s for that sentence; predict's throughput is one batched pass over the same sentences (its
-wall time, model loading included, as a user would see it). Then, with dynamic batching, the same load from 32
+`--max-wait-ms 0 --max-batch-tokens 1` (one request per forward); `--server-options` adds options to both, e.g.
+`--inference thread` for the model in the server's own process instead of a child process. Every answer's label
+is checked against `bertforge predict`'s for that sentence; predict's throughput is one batched pass over the same
+sentences (its wall time, model loading included, as a user would see it). Then, with dynamic batching, the same load from 32
 clients runs once more while another task sends bad requests at intervals (malformed JSON, {"inputs": 5}, an empty
 string, a 20 MB body): each must get a 4xx, and the good requests around them must still all succeed with
 predict's labels. Issue #22's floors: 32 clients, zero failures, throughput >= 70 % of predict's, dynamic
@@ -119,9 +120,19 @@ def server_counters(server: subprocess.Popen) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{PORT}/metrics").text
     counters = {name: float(re.search(rf"^bertforge_{name} (\S+)$", text, re.M).group(1))
                 for name in ("batch_size_sum", "batch_size_count", "inference_seconds_total")}  # fmt: skip
-    fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    counters["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    counters["cpu_seconds"] = sum(cpu_seconds(pid) for pid in (server.pid, *children(server.pid)))
     return counters
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid``: the server's model process (`--inference process`)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU seconds so far (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def where_the_time_went(before: dict[str, float], after: dict[str, float], seconds: float, client_cpu: float) -> str:
@@ -176,6 +187,11 @@ def main() -> None:
         default="",
         help='more `bertforge serve` options for the dynamic mode, e.g. "--max-batch-tokens 1024"',
     )
+    parser.add_argument(
+        "--server-options",
+        default="",
+        help='`bertforge serve` options for both modes, e.g. "--inference thread" (the model in the server\'s process)',
+    )
     parser.add_argument("--modes", nargs="+", default=["dynamic", "one-per-forward"],
                         choices=["dynamic", "one-per-forward"])  # fmt: skip
     args = parser.parse_args()
@@ -186,10 +202,11 @@ def main() -> None:
     print(f"predict: {len(texts)} sentences in {predict_seconds:.1f} s = {predict_rate:.1f}/s (model load included);"
           f" {predict_alone:.0f}/s by its own count (tokenizing and forward passes only)")  # fmt: skip
     modes = {
-        "dynamic": args.dynamic_options.split(),
-        "one-per-forward": ["--max-wait-ms", "0", "--max-batch-tokens", "1"],
+        "dynamic": args.server_options.split() + args.dynamic_options.split(),
+        "one-per-forward": [*args.server_options.split(), "--max-wait-ms", "0", "--max-batch-tokens", "1"],
     }
-    print(f"server threads: {args.server_threads or 'default (all cores)'}; dynamic mode options: "
+    print(f"server threads: {args.server_threads or 'default (all cores)'}; server options: "
+          f"{args.server_options or 'the defaults'}; dynamic mode options: "
           f"{args.dynamic_options or 'the defaults'}")  # fmt: skip
     for mode, options in modes.items():
         if mode not in args.modes:

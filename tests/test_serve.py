@@ -4,12 +4,14 @@ refused with 4xx naming the field, a failing batch fails only its own requests, 
 import asyncio
 import contextlib
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from bertforge import BertConfig
+from bertforge.errors import BertforgeError
 from bertforge.heads import (
     BertForPreTraining,
     BertForQuestionAnswering,
@@ -115,7 +117,9 @@ def _close(answer, expected):
 def _app(folder, **options):
     from bertforge.serve import create_app
 
-    return create_app(str(folder), **{"max_batch_tokens": 10_000, "max_wait_ms": 200, **options})
+    # in the server's own process unless a test asks for the model process: a child per app would cost each test
+    # seconds of start-up
+    return create_app(str(folder), **{"max_batch_tokens": 10_000, "max_wait_ms": 200, "inference": "thread", **options})
 
 
 def test_predict_matches_the_pipeline_and_batches_concurrent_requests(classifier):
@@ -129,9 +133,10 @@ def test_predict_matches_the_pipeline_and_batches_concurrent_requests(classifier
 def test_counting_a_request_leaves_the_batch_tokenizer_as_the_batch_set_it(classifier):
     """The event loop counts tokens while the batcher thread encodes: they must not share the engine whose
     truncation each call sets, or a count could turn a batch's truncation off before it encodes."""
-    from bertforge.serve import model_routes
+    from bertforge.serve import model_pipelines, model_routes
 
-    task, _ = model_routes(str(classifier), "BertForSequenceClassification", "fp32", "none")
+    architecture = "BertForSequenceClassification"
+    task, _ = model_routes(architecture, model_pipelines(str(classifier), architecture, "fp32", "none"))
     engine = task.run.tokenizer._engine
     task.run.tokenizer("the cat sat " * 20, truncation=True, max_length=8)  # a batch sets its truncation
     setting = engine.truncation
@@ -323,6 +328,48 @@ def test_an_exception_in_a_batch_is_a_500_for_its_requests_and_the_route_serves_
     assert failed[0].status_code == 500 and "the model fell over" in failed[0].json()["error"]
     served, _ = _send(app, route, [body])
     assert served[0].status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("model", "bodies"),
+    [("classifier", {"/predict": [{"inputs": "the cat sat"}, {"inputs": ["a bird flew.", "the dog"]}],
+                     "/embed": [{"inputs": ["the cat sat", "a bird"]}]}),
+     ("masked_lm", {"/fill-mask": [{"inputs": "the [MASK] sat", "top_k": 2}, {"inputs": "a [MASK] flew."}]})],
+)  # fmt: skip
+def test_the_model_process_answers_as_the_server_process_does(model, bodies, request):
+    folder = request.getfixturevalue(model)
+    in_process, in_child = _app(folder), _app(folder, inference="process")
+    try:
+        for route, sent in bodies.items():
+            expected, _ = _send(in_process, route, sent)
+            answered, _ = _send(in_child, route, sent)
+            assert [r.status_code for r in answered] == [200] * len(sent)
+            _close([r.json() for r in answered], [r.json() for r in expected])
+    finally:
+        in_child.state.model_process.close()
+
+
+class _EndsTheProcessThatUnpicklesIt:
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_model_process_that_dies_fails_its_call_and_the_next_call_starts_a_new_one(classifier):
+    app = _app(classifier, inference="process")
+    model_process = app.state.model_process
+    try:
+        with pytest.raises(RuntimeError, match=r"the model process ended \(exit code 3\)"):
+            model_process.call(0, _EndsTheProcessThatUnpicklesIt())  # dies mid-call, as on a crash
+        served, _ = _send(app, "/predict", [{"inputs": "the cat"}])
+        assert served[0].status_code == 200 and served[0].json()["label"] in ("neg", "pos")
+    finally:
+        model_process.close()
+    assert not model_process.process.is_alive()
+
+
+def test_an_unknown_inference_mode_is_a_one_line_error(classifier):
+    with pytest.raises(BertforgeError, match="--inference must be one of process, thread, not 'gpu'"):
+        _app(classifier, inference="gpu")
 
 
 @contextlib.contextmanager

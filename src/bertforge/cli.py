@@ -532,6 +532,7 @@ def serve(
     precision: str = "fp32",
     quantize: str = "none",
     max_request_bytes: int = 1 << 20,
+    inference: str = "process",
 ) -> None:
     """Serve a model over HTTP with dynamic batching (needs `pip install 'bertforge[serve]'`).
 
@@ -549,7 +550,7 @@ def serve(
     from bertforge.serve import create_app, run_server
 
     app = create_app(model, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, precision=precision,
-                     quantize=quantize, max_request_bytes=max_request_bytes)  # fmt: skip
+                     quantize=quantize, max_request_bytes=max_request_bytes, inference=inference)  # fmt: skip
     run_server(app, host, port)
 
 
@@ -695,6 +696,12 @@ COMMANDS: dict[str, tuple[Callable[..., None], list[Option]]] = {
             Option("precision", PRECISION_HELP, choices=("fp32", "bf16", "auto")),
             Option("quantize", QUANTIZE_HELP, choices=("none", "int8")),
             Option("max_request_bytes", "refuse request bodies over this size with 413"),
+            Option(
+                "inference",
+                "where the model runs: a child process, whose forward passes do not wait on the "
+                "server's Python work (faster under load), or a thread of the server (one process, less memory)",
+                choices=("process", "thread"),
+            ),
         ],
     ),
     "plot": (plot, [Option("run", "a run folder holding metrics.jsonl")]),

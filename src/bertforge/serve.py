@@ -14,6 +14,7 @@ every encoder, the task models' included.
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import queue
 import threading
@@ -168,6 +169,7 @@ def require_serve_extra() -> None:
         ) from None
 
 
+INFERENCE_MODES = ("process", "thread")  # where the model runs: a child process (the default) or the server's own
 MAX_TEXT_CHARS = 100_000  # longer texts are refused rather than tokenized: the pipelines would cut them anyway
 MAX_TOP_K = 100  # fill-mask candidates per [MASK]: the batch's forward keeps its largest top_k for every token
 
@@ -330,8 +332,12 @@ def embed_route(runner: FeatureExtractionPipeline) -> Route:
     def run(texts: list[str]) -> list[list[float]]:
         return [vector.tolist() for vector in runner(texts)]
 
-    return Route("/embed", "feature-extraction", runner.model.config.max_position_embeddings, read,
-                 _token_counter(runner.tokenizer), run)  # fmt: skip
+    positions = runner.max_positions if isinstance(runner, RemotePipeline) else _max_positions(runner)
+    return Route("/embed", "feature-extraction", positions, read, _token_counter(runner.tokenizer), run)
+
+
+def _max_positions(runner: Any) -> int:
+    return runner.model.config.max_position_embeddings
 
 
 def _token_counter(tokenizer: BertTokenizer) -> Callable[[str], int]:
@@ -356,28 +362,144 @@ TASK_ROUTES = {  # the model's architecture → its pipeline task and the route 
 }
 
 
-def model_routes(model: str, architecture: str, precision: str, quantize: str) -> list[Route]:
-    """The routes ``model`` serves: its head's route, if it has one we serve, then ``/embed``."""
+def model_pipelines(model: str, architecture: str, precision: str, quantize: str) -> list[Any]:
+    """The pipelines behind ``model``'s routes: its head's, if it has a route, then the encoder's for ``/embed``."""
     if architecture not in TASK_ROUTES:  # a bare encoder, or a head with no route: its encoder is still of use
-        return [embed_route(pipeline("feature-extraction", model=model, precision=precision, quantize=quantize))]
-    task, route = TASK_ROUTES[architecture]
-    runner = pipeline(task, model=model, precision=precision, quantize=quantize)
+        return [pipeline("feature-extraction", model=model, precision=precision, quantize=quantize)]
+    runner = pipeline(TASK_ROUTES[architecture][0], model=model, precision=precision, quantize=quantize)
     # /embed runs the task model's own encoder (quantized with it) rather than a second copy loaded from the folder,
     # with a tokenizer of its own, since its batcher thread encodes while the task route's does
     embedder = FeatureExtractionPipeline(runner.model.bert, _own_copy(runner.tokenizer), runner.device, precision)
-    return [route(runner), embed_route(embedder)]
+    return [runner, embedder]
+
+
+def model_routes(architecture: str, runners: list[Any]) -> list[Route]:
+    """The routes serving ``runners`` (from :func:`model_pipelines`, or their stand-ins in the model process)."""
+    if architecture not in TASK_ROUTES:
+        return [embed_route(runners[0])]
+    return [TASK_ROUTES[architecture][1](runners[0]), embed_route(runners[1])]
+
+
+class RemotePipeline:
+    """A pipeline that runs in the model process: what the routes read of it (tokenizer, settings, labels) is
+    copied here, and a call is sent there."""
+
+    def __init__(self, facts: dict[str, Any], call: Callable[..., Any]) -> None:
+        self.tokenizer: BertTokenizer = facts["tokenizer"]
+        self.settings = facts["settings"]
+        self.labels: list[str] | None = facts["labels"]
+        self.max_positions: int = facts["max_positions"]
+        self._call = call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+
+def _pipeline_facts(runner: Any) -> dict[str, Any]:
+    """What the routes read of a pipeline, sent from the model process to the server's."""
+    return {"tokenizer": runner.tokenizer, "settings": getattr(runner, "settings", None),
+            "labels": getattr(runner, "labels", None), "max_positions": _max_positions(runner)}  # fmt: skip
+
+
+def _run_pipelines(connection: Any, model: str, architecture: str, precision: str, quantize: str) -> None:
+    """The model process: build the pipelines, send what the routes need to know of them, then answer calls
+    ``(pipeline index, args, kwargs)`` with ``("ok", result)`` or ``("error", message)`` until ``None``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the server stops us
+    try:
+        runners = model_pipelines(model, architecture, precision, quantize)
+    except Exception as problem:
+        connection.send(("error", str(problem)))
+        return
+    connection.send(("ok", [_pipeline_facts(runner) for runner in runners]))
+    while (call := connection.recv()) is not None:
+        index, args, kwargs = call
+        try:
+            connection.send(("ok", runners[index](*args, **kwargs)))
+        except Exception as problem:
+            connection.send(("error", f"{type(problem).__name__}: {problem}"))
+
+
+class ModelProcess:
+    """The model's pipelines in a child process. Under load, a forward pass in the server's own process competes
+    with the event loop for Python's GIL: each of its ~100 PyTorch ops waits for the loop's Python work between
+    them, and a batch of 16 took 97 ms there against 60 ms alone (bench/RESULTS.md, 2026-12-06). In a process of
+    its own the forward holds no lock the event loop needs, and the server's threads only wait on a pipe.
+
+    A process that dies (killed, out of memory) fails the batch it was running with a 500; the next call starts a
+    new one, so the server serves on."""
+
+    def __init__(self, model: str, architecture: str, precision: str, quantize: str) -> None:
+        self.args = (model, architecture, precision, quantize)
+        self.lock = threading.Lock()  # one call at a time: the task route's and /embed's batchers share the pipe
+        self.runners = [RemotePipeline(facts, functools.partial(self.call, index))
+                        for index, facts in enumerate(self._start())]  # fmt: skip
+
+    def _start(self) -> list[dict[str, Any]]:
+        import multiprocessing
+
+        # spawn, not fork: a forked child would inherit the server's threads and locks mid-flight
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_run_pipelines, args=(child, *self.args), name="bertforge-model",
+                                       daemon=True)  # fmt: skip
+        self.process.start()
+        child.close()
+        status, payload = self._exchange()
+        if status == "error":
+            raise BertforgeError(payload)
+        return payload
+
+    def _exchange(self, message: Any = None) -> tuple[str, Any]:
+        """Send ``message`` (unless None), then the process's answer; an error answer if the process is gone."""
+        try:
+            if message is not None:
+                self.connection.send(message)
+            return self.connection.recv()
+        except (EOFError, OSError):
+            self.process.join()
+            return "error", f"the model process ended (exit code {self.process.exitcode})"
+
+    def call(self, index: int, *args: Any, **kwargs: Any) -> Any:
+        """Pipeline ``index``'s answer to ``args`` and ``kwargs``, computed in the model process."""
+        with self.lock:
+            if not self.process.is_alive():
+                self.connection.close()
+                self._start()
+            status, payload = self._exchange((index, args, kwargs))
+        if status == "error":
+            raise RuntimeError(payload)
+        return payload
+
+    def close(self) -> None:
+        """Stop the model process once its call in flight, if any, is answered."""
+        with self.lock:
+            if self.process.is_alive():
+                with contextlib.suppress(OSError):
+                    self.connection.send(None)
+                self.process.join(timeout=30)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
 
 
 def create_app(model: str, max_batch_tokens: int = SERVE_MAX_BATCH_TOKENS, max_wait_ms: float = SERVE_MAX_WAIT_MS,
-               precision: str = "fp32", quantize: str = "none", max_request_bytes: int = 1 << 20) -> Any:  # fmt: skip
+               precision: str = "fp32", quantize: str = "none", max_request_bytes: int = 1 << 20,
+               inference: str = "process") -> Any:  # fmt: skip
     """The FastAPI application serving ``model``: the routes its head calls for (:func:`model_routes`), each with
-    its own batcher, plus the page, /health, /info and /metrics."""
+    its own batcher, plus the page, /health, /info and /metrics. ``inference``: "process" runs the model in a
+    child process (:class:`ModelProcess`), "thread" in this one."""
     require_serve_extra()
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
+    if inference not in INFERENCE_MODES:
+        raise BertforgeError(f"--inference must be one of {', '.join(INFERENCE_MODES)}, not {inference!r}")
     architecture = model_architecture(model)
-    routes = model_routes(model, architecture, precision, quantize)
+    model_process = ModelProcess(model, architecture, precision, quantize) if inference == "process" else None
+    runners = model_process.runners if model_process else model_pipelines(model, architecture, precision, quantize)
+    routes = model_routes(architecture, runners)
     metrics = Metrics()
     batchers = [Batcher(route.run, max_batch_tokens, max_wait_ms, metrics) for route in routes]
     page = resources.files("bertforge").joinpath("serve_page.html").read_text(encoding="utf-8")
@@ -387,8 +509,11 @@ def create_app(model: str, max_batch_tokens: int = SERVE_MAX_BATCH_TOKENS, max_w
         yield
         for batcher in batchers:  # uvicorn stops accepting first, then the queued requests finish here
             batcher.close()
+        if model_process:
+            model_process.close()
 
     app = FastAPI(title="bertforge serve", lifespan=lifespan)
+    app.state.model_process = model_process
 
     def error(status: int, message: str) -> JSONResponse:
         metrics.errors[str(status)] = metrics.errors.get(str(status), 0) + 1
