@@ -7,10 +7,10 @@ httpx over loopback) to a `bertforge serve` child process, first with dynamic ba
 `--max-wait-ms 0 --max-batch-tokens 1` (one request per forward); `--server-options` adds options to both, e.g.
 `--inference thread` for the model in the server's own process instead of a child process. Every answer's label
 is checked against `bertforge predict`'s for that sentence; predict's throughput is one batched pass over the same
-sentences (its wall time, model loading included, as a user would see it). Then, with dynamic batching, the same load from 32
-clients runs once more while another task sends bad requests at intervals (malformed JSON, {"inputs": 5}, an empty
-string, a 20 MB body): each must get a 4xx, and the good requests around them must still all succeed with
-predict's labels. Issue #22's floors: 32 clients, zero failures, throughput >= 70 % of predict's, dynamic
+sentences (its wall time, model loading included, as a user would see it). Then, with dynamic batching, the same
+load from 32 clients runs once more while another task sends bad requests at intervals (malformed JSON, {"inputs":
+5}, an empty string, a 20 MB body): each must get a 4xx, and the good requests around them must still all succeed
+with predict's labels. Issue #22's floors: 32 clients, zero failures, throughput >= 70 % of predict's, dynamic
 batching >= 3x one-per-forward, bad requests refused without harm to the rest.
 """
 
