@@ -4,7 +4,8 @@ Requests from many clients go into one queue per route; a worker thread per rout
 while its last batch ran, up to ``max_batch_tokens`` tokens (and waits for more until the oldest has waited
 ``max_wait_ms``; by default it does not wait), runs one pipeline call over all of them (the pipelines sort by length
 and unpad), and hands each request its own results. One forward over 32 sentences costs far less than 32 forwards
-of one, which is the whole point of serving through a batcher.
+of one, which is the whole point of serving through a batcher. By default the pipelines live in a child process
+(:class:`ModelProcess`), so that their forward passes do not wait on the event loop's Python work.
 
 The routes follow the model's head (config.json "architectures"): ``/predict`` for a sequence classifier, ``/ner``
 for a token classifier, ``/qa`` for question answering, ``/fill-mask`` for a masked-LM model, and ``/embed`` for
@@ -374,7 +375,8 @@ def model_pipelines(model: str, architecture: str, precision: str, quantize: str
 
 
 def model_routes(architecture: str, runners: list[Any]) -> list[Route]:
-    """The routes serving ``runners`` (from :func:`model_pipelines`, or their stand-ins in the model process)."""
+    """The routes serving ``runners``: :func:`model_pipelines`' pipelines, or the server process's
+    :class:`RemotePipeline` stand-ins for those of the model process."""
     if architecture not in TASK_ROUTES:
         return [embed_route(runners[0])]
     return [TASK_ROUTES[architecture][1](runners[0]), embed_route(runners[1])]
