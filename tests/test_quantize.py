@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+import bertforge.quantize
 from bertforge import BertforgeError, BertModel
 from bertforge.cli import main
 from bertforge.embeddings import embed_texts
-from bertforge.quantize import Int8Linear, quantize_encoder
+from bertforge.quantize import Int8Linear, int8_matmul, quantize_encoder
 from bertforge.tokenizer import BertTokenizer
 
 TEXTS = ["A moving, beautifully acted film.", "The plot is dull and the jokes fall flat.", "Paris is in France.",
@@ -27,6 +28,29 @@ def test_int8_linear_is_close_to_the_float_layer(rows):
     relative = (out - expected).norm() / expected.norm()
     assert relative < 0.02, relative  # two roundings to 1/254 of each row's and column's range
     assert quantised(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("depth", [64, 1024, 1025, 3072])  # 3072: BERT-base's feed-forward down-projection
+def test_the_fp32_route_of_int8_matmul_gives_the_int8_kernels_integers(depth, monkeypatch):
+    generator = torch.Generator().manual_seed(depth)
+    a = torch.randint(-127, 128, (20, depth), dtype=torch.int8, generator=generator)
+    b = torch.randint(-127, 128, (depth, 8), dtype=torch.int8, generator=generator)
+    a[0], b[:, 0] = 127, 127  # the largest sum there can be: exact only if every slice's fp32 sum is
+    expected = torch._int_mm(a, b)
+    monkeypatch.setattr(bertforge.quantize, "int8_kernel_is_fast", lambda: False)
+    product = int8_matmul(a, b)
+    assert product.dtype == torch.int32 and torch.equal(product, expected)
+    assert product[0, 0] == 127 * 127 * depth
+
+
+def test_int8_linear_answers_the_same_by_either_route(monkeypatch):
+    torch.manual_seed(0)
+    layer, x = Int8Linear(nn.Linear(64, 48)), torch.randn(3, 30, 64)
+    monkeypatch.setattr(bertforge.quantize, "int8_kernel_is_fast", lambda: True)
+    by_kernel = layer(x)
+    monkeypatch.setattr(bertforge.quantize, "int8_kernel_is_fast", lambda: False)
+    assert torch.equal(layer(x), by_kernel)
+    assert torch.equal(layer(x[:1, :5]), by_kernel[:1, :5])  # few rows: the kernel's padding, not needed here
 
 
 def test_quantised_minilm_keeps_sentence_vectors_and_replaces_only_encoder_layers(minilm_dir):

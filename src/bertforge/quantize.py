@@ -8,6 +8,9 @@ hold nearly all of a BERT's arithmetic; embeddings, LayerNorm, softmax, the pool
 
 from __future__ import annotations
 
+import functools
+import time
+
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +29,45 @@ def symmetric_int8(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return (x / scale).round_().to(torch.int8), scale
 
 
+EXACT_FP32_DEPTH = 1024  # int8 products summed in fp32 stay exact integers: 1024 · 127² < 2²⁴
+
+
+@functools.cache
+def int8_kernel_is_fast() -> bool:
+    """Whether this CPU's int8 matmul (torch._int_mm) outruns fp32. With VNNI or AMX it does, 2-4×; on an AVX2-only
+    AMD EPYC it ran 50× *slower* than fp32 (3 against 141 GOP/s, bench/RESULTS.md, 2026-12-07 session 34), a
+    reference loop. Timed once per process on a small product; either answer gives the same results (see
+    :func:`int8_matmul`), only the speed differs."""
+    a, b = torch.ones(64, 256, dtype=torch.int8), torch.ones(256, 256, dtype=torch.int8)
+    af, bf = a.float(), b.float()
+
+    def seconds(matmul) -> float:
+        matmul()  # the first call may set up a kernel
+        started = time.perf_counter()
+        for _ in range(5):
+            matmul()
+        return time.perf_counter() - started
+
+    return seconds(lambda: torch._int_mm(a, b)) < 2 * seconds(lambda: af @ bf)
+
+
+def int8_matmul(a: Tensor, b: Tensor, b_float: Tensor | None = None) -> Tensor:
+    """(M, K) int8 @ (K, N) int8 → (M, N) int32, exactly. Where the int8 kernel is slow (:func:`int8_kernel_is_fast`)
+    the same integers come from fp32 matmuls over slices of at most ``EXACT_FP32_DEPTH`` of K, whose sums fp32
+    holds exactly, added in int32: bit for bit what the int8 kernel gives, at fp32 speed. ``b_float``: ``b`` as
+    float, if the caller keeps it."""
+    if int8_kernel_is_fast():
+        return torch._int_mm(a, b)
+    b_float = b.float() if b_float is None else b_float
+    a_float, depth = a.float(), a.shape[1]
+    product = None
+    for start in range(0, depth, EXACT_FP32_DEPTH):
+        end = start + EXACT_FP32_DEPTH
+        part = (a_float[:, start:end] @ b_float[start:end]).to(torch.int32)  # (M, N), exact integers
+        product = part if product is None else product.add_(part)
+    return product
+
+
 class Int8Linear(nn.Module):
     """A frozen ``nn.Linear`` computing x Wᵀ + b with int8 weights and per-token int8 inputs."""
 
@@ -37,16 +79,19 @@ class Int8Linear(nn.Module):
         bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(weight.shape[0])
         self.register_buffer("bias", bias)  # (N,)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight_t_float: Tensor | None = None  # weight_t as float, on CPUs whose int8 kernel is slow
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., K) → (..., N) in x's dtype."""
         rows = x.reshape(-1, self.in_features).float()  # (M, K)
         quantised, scale = symmetric_int8(rows, dim=1)  # (M, K) int8, (M, 1)
+        if not int8_kernel_is_fast() and self.weight_t_float is None:
+            self.weight_t_float = self.weight_t.float()  # kept for int8_matmul's fp32 route: converted once
         if rows.shape[0] <= 16:  # the int8 kernel wants more than 16 rows; pad a few zero rows
             padding = quantised.new_zeros(17 - rows.shape[0], self.in_features)
-            product = torch._int_mm(torch.cat([quantised, padding]), self.weight_t)[: rows.shape[0]]
+            product = int8_matmul(torch.cat([quantised, padding]), self.weight_t, self.weight_t_float)[: rows.shape[0]]
         else:
-            product = torch._int_mm(quantised, self.weight_t)  # (M, N) int32
+            product = int8_matmul(quantised, self.weight_t, self.weight_t_float)  # (M, N) int32
         # acc · s_x · s_w + bias, in place on one new (M, N) float tensor: int32 × float broadcasting (product *
         # scale) takes a slow type-promoting path, measured 2.7x the time of a conversion and in-place products.
         out = product.float().mul_(scale).mul_(self.weight_scale).add_(self.bias)
