@@ -141,8 +141,8 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
             print(f"   {query!r} → {similarity[best]:.2f} {sentences[best][:80]!r}")
 
     # Half an epoch at twice the width rule's learning rate: 0.803 test accuracy against 0.807 for one epoch at 5e-5,
-    # in half the time (80 of the 165 s an AVX2-only CPU took, which put the quickstart over 15 minutes there;
-    # bench/RESULTS.md, 2026-12-07 session 34).
+    # in 98 s instead of 165 on an AVX2-only CPU, where the whole quickstart had taken 16.6 minutes (bench/RESULTS.md,
+    # 2026-12-07 session 34).
     epochs = 0.05 if smoke else 0.5
     with stage(f"9. Fine-tune MiniLM-L6 (22.7M parameters, pretrained elsewhere) on Rotten Tomatoes ({epochs:g} "
                "epoch), then classify"):  # fmt: skip
