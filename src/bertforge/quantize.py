@@ -57,6 +57,8 @@ def int8_matmul(a: Tensor, b: Tensor, b_float: Tensor | None = None) -> Tensor:
     holds exactly, added in int32: bit for bit what the int8 kernel gives, at fp32 speed. ``b_float``: ``b`` as
     float, if the caller keeps it."""
     if int8_kernel_is_fast():
+        if a.shape[0] <= 16:  # the int8 kernel wants more than 16 rows; pad a few zero rows
+            return torch._int_mm(torch.cat([a, a.new_zeros(17 - a.shape[0], a.shape[1])]), b)[: a.shape[0]]
         return torch._int_mm(a, b)
     b_float = b.float() if b_float is None else b_float
     a_float, depth = a.float(), a.shape[1]
@@ -87,11 +89,7 @@ class Int8Linear(nn.Module):
         quantised, scale = symmetric_int8(rows, dim=1)  # (M, K) int8, (M, 1)
         if not int8_kernel_is_fast() and self.weight_t_float is None:
             self.weight_t_float = self.weight_t.float()  # kept for int8_matmul's fp32 route: converted once
-        if rows.shape[0] <= 16:  # the int8 kernel wants more than 16 rows; pad a few zero rows
-            padding = quantised.new_zeros(17 - rows.shape[0], self.in_features)
-            product = int8_matmul(torch.cat([quantised, padding]), self.weight_t, self.weight_t_float)[: rows.shape[0]]
-        else:
-            product = int8_matmul(quantised, self.weight_t, self.weight_t_float)  # (M, N) int32
+        product = int8_matmul(quantised, self.weight_t, self.weight_t_float)  # (M, N) int32
         # acc · s_x · s_w + bias, in place on one new (M, N) float tensor: int32 × float broadcasting (product *
         # scale) takes a slow type-promoting path, measured 2.7x the time of a conversion and in-place products.
         out = product.float().mul_(scale).mul_(self.weight_scale).add_(self.bias)

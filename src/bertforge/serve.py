@@ -333,12 +333,12 @@ def embed_route(runner: FeatureExtractionPipeline) -> Route:
     def run(texts: list[str]) -> list[list[float]]:
         return [vector.tolist() for vector in runner(texts)]
 
-    positions = runner.max_positions if isinstance(runner, RemotePipeline) else _max_positions(runner)
-    return Route("/embed", "feature-extraction", positions, read, _token_counter(runner.tokenizer), run)
+    return Route("/embed", "feature-extraction", _max_positions(runner), read, _token_counter(runner.tokenizer), run)
 
 
 def _max_positions(runner: Any) -> int:
-    return runner.model.config.max_position_embeddings
+    """The encoder's position count: a :class:`RemotePipeline` was told it, a pipeline reads its model's config."""
+    return runner.max_positions if isinstance(runner, RemotePipeline) else runner.model.config.max_position_embeddings
 
 
 def _token_counter(tokenizer: BertTokenizer) -> Callable[[str], int]:
