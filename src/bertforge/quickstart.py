@@ -126,8 +126,9 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
     with stage("7. What is pretraining worth? Fine-tune it for sentiment on Rotten Tomatoes, and the same model "
                "from random weights"):  # fmt: skip
         # The two fine-tunings run side by side, each on half the threads: a model this small uses a second thread
-        # poorly, so two one-thread runs at once finish sooner than two two-thread runs in turn (2 cores), and at
-        # one thread each they give what the floor's command (bench.pretraining_worth, one thread) gives for seed 0.
+        # poorly, so two one-thread runs at once finish sooner than two two-thread runs in turn (135 s against 179
+        # on a 2-core AVX2 EPYC; bench/RESULTS.md, 2026-12-07 session 35), and at one thread each they give what
+        # the floor's command (bench.pretraining_worth, one thread) gives for seed 0.
         arms = ("pretrained", "random")
         configs = [
             FinetuneConfig(model=str(model_dir), train="rotten_tomatoes", out=str(out / f"sentiment-{arm}"),
@@ -136,8 +137,9 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
             for arm in arms
         ]  # fmt: skip
         threads = [max(1, torch.get_num_threads() // len(arms))] * len(arms)
+        log_levels = [logging.getLogger("bertforge").getEffectiveLevel()] * len(arms)
         with ProcessPoolExecutor(len(arms), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = dict(zip(arms, pool.map(finetune_in_child, configs, threads), strict=True))
+            results = dict(zip(arms, pool.map(finetune_in_child, configs, threads, log_levels), strict=True))
         for arm, (_, printed) in results.items():
             print(f"   -- {arm}\n{printed}", end="")
         accuracy = {arm: result[0] for arm, result in results.items()}
@@ -173,12 +175,13 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
     print(f"\nquickstart finished in {(time.perf_counter() - total) / 60:.1f} minutes; everything is in {out}")
 
 
-def finetune_in_child(config: FinetuneConfig, threads: int) -> tuple[float, str]:
-    """Fine-tune in this (child) process on ``threads`` threads; return the test accuracy and what the run printed,
-    held back so that the parent prints the runs one after the other rather than interleaved."""
+def finetune_in_child(config: FinetuneConfig, threads: int, log_level: int) -> tuple[float, str]:
+    """Fine-tune in this (child) process on ``threads`` threads, logging at the parent's ``log_level``; return the
+    test accuracy and what the run printed, held back so that the parent prints the runs one after the other rather
+    than interleaved."""
     torch.set_num_threads(threads)
     printed = io.StringIO()
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=printed)
+    logging.basicConfig(level=log_level, format="%(message)s", stream=printed)
     with redirect_stdout(printed):
         run = finetune_classification(config)
     return json.loads((run.parent / "report.json").read_text())["test"]["accuracy"], printed.getvalue()
