@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -136,10 +137,10 @@ def run_quickstart(out: Path, smoke: bool = False, minutes: float | None = None)
                            **({"max_steps": 3} if smoke else {}))
             for arm in arms
         ]  # fmt: skip
-        threads = [max(1, torch.get_num_threads() // len(arms))] * len(arms)
-        log_levels = [logging.getLogger("bertforge").getEffectiveLevel()] * len(arms)
+        run_arm = functools.partial(finetune_in_child, threads=max(1, torch.get_num_threads() // len(arms)),
+                                    log_level=logging.getLogger("bertforge").getEffectiveLevel())  # fmt: skip
         with ProcessPoolExecutor(len(arms), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = dict(zip(arms, pool.map(finetune_in_child, configs, threads, log_levels), strict=True))
+            results = dict(zip(arms, pool.map(run_arm, configs), strict=True))
         for arm, (_, printed) in results.items():
             print(f"   -- {arm}\n{printed}", end="")
         accuracy = {arm: result[0] for arm, result in results.items()}
