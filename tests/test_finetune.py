@@ -332,10 +332,21 @@ def test_train_limit_keeps_the_first_examples_and_the_whole_files_labels(workspa
     assert "on 10 " in caplog.text  # the run trains on the first 10 examples only
 
 
+def test_cooldown_holds_the_peak_learning_rate_then_decays_it(workspace, tmp_path):
+    assert main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
+                 str(workspace / "train.csv"), "--out", str(tmp_path), "--max-steps", "10", "--learning-rate", "1e-3",
+                 "--cooldown", "0.5", "--log-every", "1", "--progress", "false"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["lr"] for r in records if r["split"] == "train"]
+    # 10% warm-up (step 0 at 0), the peak until half-way, then a linear decay that would reach 0 at step 10
+    assert rates == pytest.approx([0.0, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 8e-4, 6e-4, 4e-4, 2e-4])
+
+
 @pytest.mark.parametrize(
-    ("option", "value"), [("--classifier-pooling", "max"), ("--dropout", "1.5"), ("--train-limit", "0")]
+    ("option", "value"),
+    [("--classifier-pooling", "max"), ("--dropout", "1.5"), ("--train-limit", "0"), ("--cooldown", "0")],
 )
-def test_bad_pooling_or_dropout_is_one_line_naming_the_option(workspace, tmp_path, option, value, capsys):
+def test_bad_fine_tuning_option_is_one_line_naming_it(workspace, tmp_path, option, value, capsys):
     code = main(["finetune", "classification", "--model", str(workspace / "encoder"), "--train",
                  str(workspace / "train.csv"), "--out", str(tmp_path), option, value])  # fmt: skip
     error = capsys.readouterr().err.strip()

@@ -236,7 +236,8 @@ def train_epochs(
             if state["step"] >= total_steps:
                 break
             lr = set_learning_rate(optimizer, settings.learning_rate,
-                                   learning_rate_factor(state["step"] / total_steps, settings.warmup))  # fmt: skip
+                                   learning_rate_factor(state["step"] / total_steps, settings.warmup,
+                                                        settings.cooldown))  # fmt: skip
             loss_value = train_step(model, optimizer, step_rows, counts, loss_of, parts=parts,
                                     max_grad_norm=settings.max_grad_norm, processes=processes, precision=precision,
                                     device=device)  # fmt: skip

@@ -49,6 +49,7 @@ class TrainingSettings:
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step and process; raise to fit memory
     weight_decay: float = 0.01  # AdamW decoupled weight decay (none on biases and LayerNorm)
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    cooldown: float = 1.0  # share of training at the end spent decaying the learning rate linearly to 0; peak before
     precision: str = "auto"  # auto (bf16 where the hardware has it), fp32 or bf16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     log_every: int = 10  # steps between training-loss records
@@ -64,6 +65,8 @@ class TrainingSettings:
                 f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
                 f"{self.gradient_accumulation_steps}"
             )
+        if not 0.0 < self.cooldown <= 1.0:
+            raise BertforgeError(f"cooldown {self.cooldown} must be a share of training in (0, 1]")
 
 
 @dataclass
@@ -113,7 +116,6 @@ class PretrainConfig(TrainingSettings):
     batch_size: int = 64  # examples per optimizer step, all processes together (micro-batch × accumulation × processes)
     learning_rate: float = 1e-3  # peak learning rate after warm-up
     warmup: float = 0.06  # share of training spent warming the learning rate up linearly
-    cooldown: float = 1.0  # share of training at the end spent decaying it linearly to 0; at the peak before
     adam_beta1: float = 0.9  # AdamW first-moment decay
     adam_beta2: float = 0.98  # lower than BERT's 0.999: steadier at the high learning rates of short runs
     adam_epsilon: float = 1e-6  # AdamW denominator floor; BERT used 1e-6
@@ -137,8 +139,6 @@ class PretrainConfig(TrainingSettings):
             raise BertforgeError("pretraining needs --data, a folder written by `bertforge data prepare`")
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
-        if not 0.0 < self.cooldown <= 1.0:
-            raise BertforgeError(f"cooldown {self.cooldown} must be a share of training in (0, 1]")
         if self.short_phase_seq_length is not None:
             if not 8 <= self.short_phase_seq_length < self.max_seq_length:
                 raise BertforgeError(
