@@ -8,6 +8,9 @@ by its MLM/NSP accuracy.
     .venv/bin/python -m bench.pretraining_worth --model runs/quickstart/pretrain/model \
         --tasks rotten_tomatoes imdb --seeds 0 1 2 [--jobs 2] [--out runs/worth] [-- --epochs 4]
 
+The random arm depends only on the model's config, its vocabulary and the command, so a second model of the same
+recipe can skip it: ``--arms pretrained --random-from runs/worth`` reads it from the first model's run.
+
 Tasks: rotten_tomatoes, imdb and imdb_1000 (`finetune classification --max-length 64`, the last with
 `--train-limit 1000`, and the recipe's defaults otherwise),
 msra_ner (`finetune ner --config ner-msra-cpu`). Arguments after ``--`` go to every fine-tuning command.
@@ -150,14 +153,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at once (threads are shared out)")
     parser.add_argument("--out", default="runs/worth")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="which arms to run")
+    parser.add_argument(
+        "--random-from",
+        type=Path,
+        help="read the random arm from this earlier --out (same config, vocabulary and command: the same runs)",
+    )
     args = parser.parse_args(argv)
     from bench.common import machine
 
     print(machine(), flush=True)
     out = Path(args.out)
-    jobs = fine_tuning_jobs(Path(args.model), args.tasks, args.seeds, out, extra)
+    jobs = fine_tuning_jobs(Path(args.model), args.tasks, args.seeds, out, extra, arms=args.arms)
     run_jobs(jobs, args.jobs)
-    table = summary(out, args.tasks, args.seeds)
+    table = summary(out, args.tasks, args.seeds, random_out=args.random_from)
     (out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
     print_summary(f"{args.model} (test scores over seeds {args.seeds})", table)
     if any(job.failed for job in jobs):

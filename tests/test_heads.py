@@ -110,6 +110,27 @@ def test_chunked_vocabulary_loss_ignores_padding_rows():
     assert rows.grad[37:].abs().sum() == 0
 
 
+def test_chunked_vocabulary_loss_with_a_frozen_table_skips_only_its_gradient():
+    """With the tied table frozen (``freeze_word_embeddings``) the rows and the bias get the same gradients."""
+    from bertforge.heads import VocabularyCrossEntropyFunction
+
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(37, 16), torch.randn(301, 16), torch.randn(301)
+    targets = torch.randint(0, 301, (37,))
+    results = []
+    for frozen in (False, True):
+        rows, table, offset = x.clone().requires_grad_(), weight.clone().requires_grad_(not frozen), bias.clone()
+        offset.requires_grad_()
+        loss = VocabularyCrossEntropyFunction.apply(rows, table, offset, targets, len(targets))
+        loss.backward()
+        results.append((loss, rows.grad, offset.grad, table.grad))
+    (loss, rows_grad, bias_grad, table_grad), (frozen_loss, frozen_rows_grad, frozen_bias_grad, no_grad) = results
+    assert table_grad is not None and no_grad is None
+    torch.testing.assert_close(frozen_loss, loss)
+    torch.testing.assert_close(frozen_rows_grad, rows_grad)
+    torch.testing.assert_close(frozen_bias_grad, bias_grad)
+
+
 def test_decoder_is_tied_to_word_embeddings():
     model = BertForPreTraining(BertConfig(**HF_TINY))
     assert "mlm.decoder.weight" not in model.state_dict()

@@ -52,7 +52,10 @@ class VocabularyCrossEntropyFunction(torch.autograd.Function):
     (M, V) tensors alive at the peak of a training step (240 MB for 640 predictions over 30k words). Here the
     gradient is computed chunk by chunk during the forward pass (softmax minus the one-hot target, Bridle 1990),
     so only the (M, H) input gradient and the (V, H) weight gradient are kept; the backward pass scales them.
-    The softmax is taken in fp32 as in the autograd path; matmuls run in the forward's (autocast) dtype.
+    The softmax is taken in fp32 as in the autograd path; matmuls run in the forward's (autocast) dtype. When the
+    tied table is frozen (``freeze_word_embeddings``) its (V, H) gradient is not computed: a third of the head's
+    matmuls; 10 minutes of `pretrain-cpu` on a 2-core AVX2 CPU made 2,271 steps instead of 2,010 (bench/RESULTS.md,
+    2026-12-07, session 38).
     """
 
     @staticmethod
@@ -63,7 +66,9 @@ class VocabularyCrossEntropyFunction(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
         grad_x = torch.empty_like(x)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if ctx.needs_input_grad[1] else None
+        )
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=x.device)
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         with torch.autocast(device, enabled=False):  # each operand cast once, here, rather than per matmul
@@ -81,7 +86,8 @@ class VocabularyCrossEntropyFunction(torch.autograd.Function):
                 probs[real:] = 0.0
                 grad_logits = probs.to(dtype)
                 grad_x[start : start + rows] = (grad_logits @ weight_cast).to(x.dtype)
-                grad_weight += grad_logits.t() @ chunk
+                if grad_weight is not None:
+                    grad_weight += grad_logits.t() @ chunk
                 grad_bias += grad_logits.sum(0, dtype=torch.float32)
         ctx.save_for_backward(grad_x, grad_weight, grad_bias)
         ctx.dtypes, ctx.count = (weight.dtype, bias.dtype), count
@@ -94,7 +100,7 @@ class VocabularyCrossEntropyFunction(torch.autograd.Function):
         weight_dtype, bias_dtype = ctx.dtypes
         return (
             grad_x * scale.to(grad_x.dtype),
-            (grad_weight * scale).to(weight_dtype),
+            None if grad_weight is None else (grad_weight * scale).to(weight_dtype),
             (grad_bias * scale).to(bias_dtype),
             None,
             None,
