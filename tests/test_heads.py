@@ -119,8 +119,8 @@ def test_chunked_vocabulary_loss_with_a_frozen_table_skips_only_its_gradient():
     targets = torch.randint(0, 301, (37,))
     results = []
     for frozen in (False, True):
-        rows, table, offset = x.clone().requires_grad_(), weight.clone().requires_grad_(not frozen), bias.clone()
-        offset.requires_grad_()
+        rows, offset = x.clone().requires_grad_(), bias.clone().requires_grad_()
+        table = weight.clone().requires_grad_(not frozen)
         loss = VocabularyCrossEntropyFunction.apply(rows, table, offset, targets, len(targets))
         loss.backward()
         results.append((loss, rows.grad, offset.grad, table.grad))
