@@ -144,12 +144,16 @@ def test_short_phase_then_full_length_and_resume_across_the_switch(shards, tmp_p
             yield batch
 
     monkeypatch.setattr(PretrainingExamples, "batches", recording)
-    phased = dict(short_phase_seq_length=16, short_phase=0.5)
+    phased = dict(short_phase_seq_length=16, short_phase=0.5, eval_every=2)
     pretrain(settings(shards, tmp_path / "a", **phased))
-    assert len(widths) == 2 + 6  # the two validation batches are drawn first, at full length
-    training = widths[2:]
+    validation, training = widths[:4], widths[4:]  # two validation batches per phase are drawn first
+    assert [length for length, _ in validation] == [64, 64, 16, 16]
+    assert max(width for _, width in validation[2:]) <= 16 < max(width for _, width in validation[:2])
     assert [length for length, _ in training] == [16, 16, 16, 64, 64, 64]
     assert max(width for length, width in training[:3]) <= 16 < max(width for _, width in training[3:])
+    records = [json.loads(line) for line in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    # each phase is validated at its own length (the switch comes after step 3)
+    assert [(r["step"], r["seq_length"]) for r in records if r["split"] == "valid"] == [(2, 16), (4, 64), (6, 64)]
     expected = read_losses(tmp_path / "a" / "run")
 
     interrupted = tmp_path / "b" / "run"

@@ -161,6 +161,16 @@ def short_phase_settings(settings: PretrainConfig) -> PretrainConfig:
                                short_phase_seq_length=None)  # fmt: skip
 
 
+def validation_batches(
+    settings: PretrainConfig, corpus: ShardedCorpus, tokenizer: BertTokenizer, parts_per_step: int
+) -> list[dict[str, np.ndarray]]:
+    """The first ``eval_batches`` batches of ``corpus``'s examples, each split into ``parts_per_step`` micro-batches.
+    Batches are masked whole (with another seed than training's), so the figures are the same in any layout."""
+    examples = make_examples(dataclasses.replace(settings, seed=settings.seed + 1), corpus, tokenizer)
+    batches = itertools.islice(examples.batches(0, settings.batch_size), settings.eval_batches)
+    return [micro_batch for batch in batches for micro_batch in split_batch(batch, parts_per_step)]
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device, precision: str) -> dict[str, float]:
     """Validation MLM loss and accuracy over masked tokens, NSP accuracy over examples."""
@@ -196,20 +206,22 @@ def pretrain(settings: PretrainConfig) -> Path:
     tokenizer = BertTokenizer.from_pretrained(data_dir / "tokenizer")
     check_tokenizer(data_dir, tokenizer)
     train_corpus, valid_corpus = ShardedCorpus(data_dir, "train"), ShardedCorpus(data_dir, "valid")
-    examples_of_phase = {"long": make_examples(settings, train_corpus, tokenizer)}
+    settings_of_phase = {"long": settings}
     if settings.short_phase_seq_length is not None:
-        examples_of_phase["short"] = make_examples(short_phase_settings(settings), train_corpus, tokenizer)
+        settings_of_phase["short"] = short_phase_settings(settings)
+    examples_of_phase = {name: make_examples(s, train_corpus, tokenizer) for name, s in settings_of_phase.items()}
     if settings.next_sentence_prediction and valid_corpus.num_documents < 2:
         raise BertforgeError(
             f"{data_dir}: the validation split has {valid_corpus.num_documents} document(s), but evaluating "
             "next-sentence prediction needs at least 2; re-run `bertforge data prepare` with a larger --valid-fraction"
         )
-    valid_examples = make_examples(dataclasses.replace(settings, seed=settings.seed + 1), valid_corpus, tokenizer)
     # batch_size is the global batch: a step's examples are the same whatever the number of processes
     parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
-    # Validation batches are masked whole and evaluated a micro-batch at a time: the same figures in any layout.
-    eval_batches = [micro_batch for batch in itertools.islice(valid_examples.batches(0, settings.batch_size),
-                    settings.eval_batches) for micro_batch in split_batch(batch, parts_per_step)]  # fmt: skip
+    # Validation examples have the length of the phase being trained: a model of the short phase has not trained the
+    # positions past it, which cost it a quarter of its MLM accuracy on full-length examples (bench/RESULTS.md,
+    # 2026-12-07, session 40).
+    eval_batches_of_phase = {name: validation_batches(s, valid_corpus, tokenizer, parts_per_step)
+                             for name, s in settings_of_phase.items()}  # fmt: skip
 
     architecture = BertForPreTraining if settings.next_sentence_prediction else BertForMaskedLM
     setup_seconds = 0.0
@@ -342,10 +354,13 @@ def pretrain(settings: PretrainConfig) -> Path:
                 window_tokens, window_start = 0, time.perf_counter()
             bar.update(1)
             if evaluates and (step % settings.eval_every == 0 or done):
-                scores = evaluate(unwrap(model), eval_batches, device, precision)
-                metrics.write({"step": step, "split": "valid", "epoch": epoch, "elapsed": elapsed, **scores})
+                scores = evaluate(unwrap(model), eval_batches_of_phase[phase], device, precision)
+                length = settings_of_phase[phase].max_seq_length
+                metrics.write({"step": step, "split": "valid", "epoch": epoch, "elapsed": elapsed,
+                               "seq_length": length, **scores})  # fmt: skip
                 if processes.is_main:
-                    bar.write("step {}: {}".format(step, ", ".join(f"valid {k} {v:.4f}" for k, v in scores.items())))
+                    shown = ", ".join(f"valid {k} {v:.4f}" for k, v in scores.items())
+                    bar.write(f"step {step} ({length} tokens): {shown}")
             if step % settings.save_every == 0 or done:
                 random_states = gather_objects(torch.get_rng_state(), processes)
                 state = {"step": step, "phase": phase, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
