@@ -218,7 +218,7 @@ def pretrain(settings: PretrainConfig) -> Path:
     # batch_size is the global batch: a step's examples are the same whatever the number of processes
     parts_per_step = micro_batches_per_step(settings.batch_size, settings.gradient_accumulation_steps, processes)
     # Validation examples have the length of the phase being trained: a model of the short phase has not trained the
-    # positions past it, which cost it a quarter of its MLM accuracy on full-length examples (bench/RESULTS.md,
+    # positions past it, which cost it 16-30% of its MLM accuracy on full-length examples (bench/RESULTS.md,
     # 2026-12-07, session 40).
     eval_batches_of_phase = {name: validation_batches(s, valid_corpus, tokenizer, parts_per_step)
                              for name, s in settings_of_phase.items()}  # fmt: skip
