@@ -279,6 +279,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+EVAL_PANEL_TITLES = {"seq_length": "validation examples' length (tokens)"}  # pretraining's phases
+
+
 def plot_metrics(run_dir: Path) -> Path:
     """Render training loss, learning rate and every evaluation metric of a run to ``run_dir/curves.png``."""
     import matplotlib
@@ -292,7 +295,7 @@ def plot_metrics(run_dir: Path) -> Path:
     loss_keys = sorted({k for r in train for k in r if k.endswith("loss")})
     eval_keys = sorted({k for r in evaluation for k in r if k not in ("step", "split", "epoch", "elapsed")})
     panels = [("training loss", train, loss_keys), ("learning rate", train, ["lr"])]
-    panels += [(key, evaluation, [key]) for key in eval_keys]
+    panels += [(EVAL_PANEL_TITLES.get(key, key), evaluation, [key]) for key in eval_keys]
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
