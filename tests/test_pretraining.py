@@ -17,6 +17,7 @@ from bertforge.heads import IGNORE_INDEX
 from bertforge.pretrain import make_examples, pretrain
 from bertforge.settings import PretrainConfig
 from bertforge.tokenizer import BertTokenizer, train_tokenizer
+from bertforge.train import read_metrics
 
 TOPICS = {
     "sea": "ship sail wave harbour captain storm anchor fish tide coast".split(),
@@ -116,8 +117,7 @@ def occurrences(text, piece):
 
 
 def read_losses(run):
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-            if r["split"] == "train"]  # fmt: skip
+    return [(r["step"], r["loss"]) for r in read_metrics(run) if r["split"] == "train"]
 
 
 def test_resumed_run_repeats_the_uninterrupted_losses(shards, tmp_path):
@@ -151,7 +151,7 @@ def test_short_phase_then_full_length_and_resume_across_the_switch(shards, tmp_p
     assert max(width for _, width in validation[2:]) <= 16 < max(width for _, width in validation[:2])
     assert [length for length, _ in training] == [16, 16, 16, 64, 64, 64]
     assert max(width for length, width in training[:3]) <= 16 < max(width for _, width in training[3:])
-    records = [json.loads(line) for line in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "a" / "run")
     # each phase is validated at its own length (the switch comes after step 3)
     assert [(r["step"], r["seq_length"]) for r in records if r["split"] == "valid"] == [(2, 16), (4, 64), (6, 64)]
     expected = read_losses(tmp_path / "a" / "run")
