@@ -1,5 +1,6 @@
 """Pretraining end to end on a small generated corpus: examples, NSP labels, resume, CLI, fill-mask, bad input."""
 
+import dataclasses
 import json
 import shutil
 
@@ -14,7 +15,7 @@ from bertforge.data.shard_reader import ShardedCorpus
 from bertforge.data.shard_writer import prepare_corpus
 from bertforge.errors import BertforgeError
 from bertforge.heads import IGNORE_INDEX
-from bertforge.pretrain import make_examples, pretrain
+from bertforge.pretrain import make_examples, pretrain, validation_batches
 from bertforge.settings import PretrainConfig
 from bertforge.tokenizer import BertTokenizer, train_tokenizer
 from bertforge.train import read_metrics
@@ -163,15 +164,32 @@ def test_short_phase_then_full_length_and_resume_across_the_switch(shards, tmp_p
     assert read_losses(interrupted) == expected
 
 
+def test_a_small_validation_split_is_read_again_until_eval_batches_are_filled(shards, tmp_path):
+    tokenizer = BertTokenizer.from_pretrained(shards / "tokenizer")
+    corpus = ShardedCorpus(shards, "valid")
+    configured = settings(shards, tmp_path, eval_batches=1)
+    one_pass = -(-make_examples(dataclasses.replace(configured, seed=1), corpus, tokenizer).count(0) // 8)
+    wanted = 2 * one_pass + 1
+    batches = validation_batches(dataclasses.replace(configured, eval_batches=wanted), corpus, tokenizer, 1)
+    assert len(batches) == wanted
+    first, second = batches[:one_pass], batches[one_pass : 2 * one_pass]
+    # the second pass pairs and masks the same documents anew: not the first pass repeated
+    assert any(not np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, second, strict=True))
+    # a larger eval_batches starts with the same batches: figures stay comparable when it is raised
+    fewer = validation_batches(dataclasses.replace(configured, eval_batches=one_pass), corpus, tokenizer, 1)
+    assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(fewer, first, strict=True))
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (dict(short_phase_seq_length=64), "below max_seq_length"),
         (dict(short_phase_seq_length=16, short_phase=1.0), "short_phase 1.0"),
         (dict(short_phase_seq_length=16, max_steps=None, max_epochs=1), "max_steps or max_minutes"),
+        (dict(eval_batches=0), "eval_batches must be at least 1"),
     ],
 )
-def test_bad_short_phase_settings_are_refused(shards, tmp_path, overrides, message):
+def test_bad_pretraining_settings_are_refused(shards, tmp_path, overrides, message):
     with pytest.raises(BertforgeError, match=message):
         settings(shards, tmp_path, **overrides)
 

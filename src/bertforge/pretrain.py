@@ -165,9 +165,19 @@ def validation_batches(
     settings: PretrainConfig, corpus: ShardedCorpus, tokenizer: BertTokenizer, parts_per_step: int
 ) -> list[dict[str, np.ndarray]]:
     """The first ``eval_batches`` batches of ``corpus``'s examples, each split into ``parts_per_step`` micro-batches.
-    Batches are masked whole (with another seed than training's), so the figures are the same in any layout."""
+    Batches are masked whole (with another seed than training's), so the figures are the same in any layout.
+
+    A validation split smaller than ``eval_batches`` batches is read again, with new NSP pairs and new masks each
+    pass: one pass over SQuAD's 6 held-out articles gives ~400 pairs, whose NSP accuracy is only ±2.5 points
+    (bench/RESULTS.md, 2026-12-07, session 40)."""
     examples = make_examples(dataclasses.replace(settings, seed=settings.seed + 1), corpus, tokenizer)
-    batches = itertools.islice(examples.batches(0, settings.batch_size), settings.eval_batches)
+    batches: list[dict[str, np.ndarray]] = []
+    for epoch in itertools.count():
+        missing = settings.eval_batches - len(batches)
+        read = list(itertools.islice(examples.batches(epoch, settings.batch_size), missing))
+        batches += read
+        if not read or len(batches) == settings.eval_batches:  # a split with no examples at all ends here too
+            break
     return [micro_batch for batch in batches for micro_batch in split_batch(batch, parts_per_step)]
 
 

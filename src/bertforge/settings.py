@@ -129,7 +129,9 @@ class PretrainConfig(TrainingSettings):
     max_epochs: float | None = None  # stop after this many passes over the training shards
     max_minutes: float | None = None  # stop on wall-clock time; the schedule is laid out over this budget
     eval_every: int = 200  # steps between validation passes
-    eval_batches: int = 20  # validation batches of batch_size examples per pass (the same ones every time)
+    # validation batches of batch_size examples per pass (the same ones every time; a validation split too small
+    # to fill them is read again, with new pairs and masks)
+    eval_batches: int = 20
     save_every: int = 500  # steps between checkpoints
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
 
@@ -139,6 +141,8 @@ class PretrainConfig(TrainingSettings):
             raise BertforgeError("pretraining needs --data, a folder written by `bertforge data prepare`")
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             raise BertforgeError("say when to stop: set max_steps, max_epochs or max_minutes")
+        if self.eval_batches < 1:
+            raise BertforgeError(f"eval_batches must be at least 1, got {self.eval_batches}")
         if self.short_phase_seq_length is not None:
             if not 8 <= self.short_phase_seq_length < self.max_seq_length:
                 raise BertforgeError(
