@@ -168,7 +168,8 @@ def test_a_small_validation_split_is_read_again_until_eval_batches_are_filled(sh
     tokenizer = BertTokenizer.from_pretrained(shards / "tokenizer")
     corpus = ShardedCorpus(shards, "valid")
     configured = settings(shards, tmp_path, eval_batches=1)
-    one_pass = -(-make_examples(dataclasses.replace(configured, seed=1), corpus, tokenizer).count(0) // 8)
+    validation_examples = make_examples(dataclasses.replace(configured, seed=configured.seed + 1), corpus, tokenizer)
+    one_pass = -(-validation_examples.count(0) // 8)  # batches of 8 in one pass, the last one smaller
     wanted = 2 * one_pass + 1
     batches = validation_batches(dataclasses.replace(configured, eval_batches=wanted), corpus, tokenizer, 1)
     assert len(batches) == wanted
@@ -246,6 +247,17 @@ def test_tokenizer_that_does_not_match_the_shards(shards, tmp_path):
     train_tokenizer([corpus], 60, show_progress=False).save_pretrained(other / "tokenizer")
     with pytest.raises(BertforgeError, match="different tokenizer"):
         pretrain(settings(other, tmp_path))
+
+
+def test_shards_without_a_validation_split_are_refused_not_validated_as_zero(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(doc) for doc in generated_documents(40)) + "\n", encoding="utf-8")
+    train_tokenizer([corpus], 120, show_progress=False).save_pretrained(tmp_path / "tokenizer")
+    prepare_corpus([corpus], tmp_path / "tokenizer", tmp_path / "shards", valid_fraction=0.0, workers=1,
+                   show_progress=False)  # fmt: skip
+    with pytest.raises(BertforgeError, match=r"validation split has no text to validate on.*--valid-fraction"):
+        pretrain(settings(tmp_path / "shards", tmp_path, next_sentence_prediction=False))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_corrupted_checkpoint_on_resume(shards, tmp_path):

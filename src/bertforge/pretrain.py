@@ -232,6 +232,11 @@ def pretrain(settings: PretrainConfig) -> Path:
     # 2026-12-07, session 40).
     eval_batches_of_phase = {name: validation_batches(s, valid_corpus, tokenizer, parts_per_step)
                              for name, s in settings_of_phase.items()}  # fmt: skip
+    if not all(eval_batches_of_phase.values()):  # e.g. `data prepare --valid-fraction 0`: no figures, not zeros
+        raise BertforgeError(
+            f"{data_dir}: the validation split has no text to validate on; re-run `bertforge data prepare` with a "
+            "larger --valid-fraction"
+        )
 
     architecture = BertForPreTraining if settings.next_sentence_prediction else BertForMaskedLM
     setup_seconds = 0.0
