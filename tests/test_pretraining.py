@@ -43,12 +43,14 @@ def generated_documents(count: int, seed: int = 0) -> list[list[str]]:
     return documents
 
 
-def make_shards(root):
-    """A tokenizer and shards (10% of the documents held out) of 240 generated documents, in ``root``."""
+def make_shards(root, valid_fraction=0.1):
+    """A tokenizer and shards (``valid_fraction`` of the documents held out) of 240 generated documents, in
+    ``root``."""
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join("\n".join(doc) for doc in generated_documents(240)) + "\n", encoding="utf-8")
     train_tokenizer([corpus], 120, show_progress=False).save_pretrained(root / "tokenizer")
-    prepare_corpus([corpus], root / "tokenizer", root / "shards", valid_fraction=0.1, workers=1, show_progress=False)
+    prepare_corpus([corpus], root / "tokenizer", root / "shards", valid_fraction=valid_fraction, workers=1,
+                   show_progress=False)  # fmt: skip
     return root / "shards"
 
 
@@ -250,13 +252,9 @@ def test_tokenizer_that_does_not_match_the_shards(shards, tmp_path):
 
 
 def test_shards_without_a_validation_split_are_refused_not_validated_as_zero(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join("\n".join(doc) for doc in generated_documents(40)) + "\n", encoding="utf-8")
-    train_tokenizer([corpus], 120, show_progress=False).save_pretrained(tmp_path / "tokenizer")
-    prepare_corpus([corpus], tmp_path / "tokenizer", tmp_path / "shards", valid_fraction=0.0, workers=1,
-                   show_progress=False)  # fmt: skip
+    shards = make_shards(tmp_path, valid_fraction=0.0)
     with pytest.raises(BertforgeError, match=r"validation split has no text to validate on.*--valid-fraction"):
-        pretrain(settings(tmp_path / "shards", tmp_path, next_sentence_prediction=False))
+        pretrain(settings(shards, tmp_path, next_sentence_prediction=False))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
